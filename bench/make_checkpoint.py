@@ -1,0 +1,126 @@
+"""Make a random-weight checkpoint in a real model shape, with a small BPE tokenizer.
+
+For GPU hosts without hub access: vLLM loads it like any Hugging Face checkpoint. The model's
+`vocab_size` is set to the tokenizer's exact size, otherwise most sampled ids decode to nothing
+and every output is an empty string (which would make "same text after wake" checks vacuous).
+
+    python3 bench/make_checkpoint.py OUT_DIR [--shape qwen3-0.6b|qwen3-1.7b] [--vocab 4096]
+
+Needs torch, transformers and tokenizers (not dependencies of vllm-switch itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+SHAPES = {
+    # hidden, intermediate, layers, heads, kv heads, head_dim: Qwen3's published configs
+    "qwen3-0.6b": (1024, 3072, 28, 16, 8, 128),
+    "qwen3-1.7b": (2048, 6144, 28, 16, 8, 128),
+}
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+WORDS = (
+    "the moon is a rock that circles earth light from sun makes it shine at night tides follow "
+    "its pull people walked on it in nineteen sixty nine fun fact about space stars planets "
+    "give me tell you what why how when where model switch sleep wake memory fast slow one two "
+    "three data cat dog tree river city music paper water fire green blue red house"
+).split()
+
+
+def corpus(seed: int = 0, n: int = 60000) -> list[str]:
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lines = []
+    for _ in range(n):
+        words = [
+            rng.choice(WORDS)
+            if rng.random() < 0.7
+            else "".join(rng.choice(letters) for _ in range(rng.randint(2, 9)))
+            for _ in range(rng.randint(4, 14))
+        ]
+        lines.append(" ".join(words) + rng.choice([".", "!", "?", ",", ""]))
+    return lines
+
+
+def make_tokenizer(out: Path, vocab: int) -> int:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+    )
+    fast.save_pretrained(out)
+    return len(fast)
+
+
+def make_model(out: Path, shape: str, vocab: int, eos_id: int, pad_id: int) -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    hidden, inter, layers, heads, kv_heads, head_dim = SHAPES[shape]
+    config = Qwen3Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=40960,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": False})
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--tokenizer-only", action="store_true")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    size = make_tokenizer(args.out, args.vocab)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.out)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+    if not args.tokenizer_only:
+        make_model(args.out, args.shape, size, eos, pad)
+    print(json.dumps({"out": str(args.out), "shape": args.shape, "vocab": size, "eos": eos}))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

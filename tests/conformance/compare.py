@@ -1,0 +1,126 @@
+"""Compare a live response with a recorded vLLM 0.26.0 response.
+
+Rules: the status must match; `content-type` and `allow` headers must match; error bodies
+(`{"error": ...}` or `{"detail": ...}`) must match byte for byte; other JSON bodies must have
+the same shape (same keys in the same order, same JSON types, recursively) and the same values
+except for ids, timestamps, generated text and tokenizer-dependent counts; SSE bodies must have
+the same number of events, each compared with the same JSON rules, ending in `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+VOLATILE = frozenset(
+    {
+        "id",
+        "created",
+        "system_fingerprint",
+        "content",
+        "text",
+        "root",
+        "prompt_tokens",
+        "total_tokens",
+        "tokens",
+        "count",
+        "prompt",
+    }
+)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, (int, float)):
+        return "number"
+    return type(v).__name__
+
+
+def diff_json(want: Any, got: Any, path: str = "$") -> list[str]:
+    """Differences between two JSON values under the shape-and-stable-values rules."""
+    if _kind(want) != _kind(got):
+        return [f"{path}: type {_kind(got)} != recorded {_kind(want)} ({got!r} vs {want!r})"]
+    if isinstance(want, dict):
+        if list(want) != list(got):
+            return [f"{path}: keys {list(got)} != recorded {list(want)}"]
+        out: list[str] = []
+        for k in want:
+            if k in VOLATILE and not isinstance(want[k], (dict, list)):
+                if _kind(want[k]) != _kind(got[k]):
+                    out.append(f"{path}.{k}: type {_kind(got[k])} != recorded {_kind(want[k])}")
+                continue
+            out += diff_json(want[k], got[k], f"{path}.{k}")
+        return out
+    if isinstance(want, list):
+        if path.endswith(".tokens"):
+            return []
+        if len(want) != len(got):
+            return [f"{path}: {len(got)} items != recorded {len(want)}"]
+        return [
+            d
+            for i, (w, g) in enumerate(zip(want, got, strict=True))
+            for d in diff_json(w, g, f"{path}[{i}]")
+        ]
+    return [] if want == got else [f"{path}: {got!r} != recorded {want!r}"]
+
+
+def parse_sse(body: str) -> list[str]:
+    if not body.endswith("\n\n"):
+        raise ValueError(f"SSE body does not end with a blank line: {body[-40:]!r}")
+    events = body.split("\n\n")[:-1]
+    bad = [e for e in events if not e.startswith("data: ")]
+    if bad:
+        raise ValueError(f"SSE events not framed as 'data: ...': {bad[:2]!r}")
+    return [e[len("data: ") :] for e in events]
+
+
+def _is_error_body(value: Any) -> bool:
+    return isinstance(value, dict) and ("error" in value or "detail" in value)
+
+
+def diff_response(
+    recorded: dict[str, Any], status: int, headers: dict[str, str], body: str
+) -> list[str]:
+    """All differences between a recorded transcript entry and a live response."""
+    out = []
+    if status != recorded["status"]:
+        out.append(f"status {status} != recorded {recorded['status']}")
+    rec_headers = {k.lower(): v for k, v in recorded["headers"].items()}
+    got_headers = {k.lower(): v for k, v in headers.items()}
+    for name in ("content-type", "allow"):
+        if rec_headers.get(name) != got_headers.get(name):
+            out.append(
+                f"header {name}: {got_headers.get(name)!r} != recorded {rec_headers.get(name)!r}"
+            )
+    want_body: str = recorded["body"]
+    content_type = rec_headers.get("content-type", "")
+    if recorded["req"]["method"] == "HEAD" or not want_body:
+        if body != want_body and recorded["req"]["method"] != "HEAD":
+            out.append(f"body {body[:80]!r} != recorded empty body")
+        return out
+    if content_type.startswith("text/event-stream"):
+        try:
+            want_events, got_events = parse_sse(want_body), parse_sse(body)
+        except ValueError as exc:
+            return [*out, str(exc)]
+        if len(want_events) != len(got_events):
+            return [*out, f"{len(got_events)} SSE events != recorded {len(want_events)}"]
+        for i, (w, g) in enumerate(zip(want_events, got_events, strict=True)):
+            if w == "[DONE]" or g == "[DONE]":
+                if w != g:
+                    out.append(f"event {i}: {g[:60]!r} != recorded {w!r}")
+                continue
+            out += diff_json(json.loads(w), json.loads(g), f"event[{i}]")
+        return out
+    if content_type.startswith("application/json"):
+        want, got = json.loads(want_body), json.loads(body)
+        if _is_error_body(want):
+            if want != got:
+                out.append(f"error body {got!r} != recorded {want!r}")
+            return out
+        return out + diff_json(want, got)
+    # text (Prometheus): every recorded line that is not a histogram/counter value must appear
+    got_lines = set(body.splitlines())
+    missing = [line for line in want_body.splitlines() if line and line not in got_lines]
+    return out + [f"metrics line missing: {line}" for line in missing]
