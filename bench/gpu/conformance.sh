@@ -16,7 +16,7 @@ export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
 unset VLLM_SERVER_DEV_MODE
 ck=${MODELS_DIR:-/tmp/models}/tiny-qwen3-v4k
 if [ ! -f "$ck/config.json" ]; then
-  python3 bench/make_checkpoint.py "$ck" --shape qwen3-0.6b --vocab 4096 > "$out/checkpoint.json" 2> "$out/checkpoint.err" || { tail -20 "$out/checkpoint.err"; exit 1; }
+  python3 bench/make_checkpoint.py "$ck" --shape qwen3-0.6b --vocab 4096 > "$out/checkpoint.log" 2>&1 || { tail -20 "$out/checkpoint.log"; exit 1; }
 fi
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv > "$out/gpu-before.csv"
 serve() { python3 -m vllm.entrypoints.openai.api_server --model "$ck" --served-model-name tiny tiny-alias --max-model-len 512 --host 127.0.0.1 "$@"; }
