@@ -27,12 +27,13 @@ CHAT_TEMPLATE = (
     "{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
-WORDS = (
+_TEXT = (
     "the moon is a rock that circles earth light from sun makes it shine at night tides follow "
     "its pull people walked on it in nineteen sixty nine fun fact about space stars planets "
     "give me tell you what why how when where model switch sleep wake memory fast slow one two "
     "three data cat dog tree river city music paper water fire green blue red house"
-).split()
+)
+WORDS = _TEXT.split(" ")
 
 
 def corpus(seed: int = 0, n: int = 60000) -> list[str]:

@@ -70,6 +70,11 @@ async def _not_found(_: Request, exc: Exception) -> Response:
     return JSONResponse(error_body(str(exc), "NotFoundError", 404, "model"), status_code=404)
 
 
+async def _internal(_: Request, exc: Exception) -> Response:
+    """Catch-all (Starlette's ServerErrorMiddleware): answers 500, then the error propagates."""
+    return JSONResponse(error_body(str(exc), "InternalServerError", 500), status_code=500)
+
+
 async def _dead(_: Request, __: Exception) -> Response:
     return JSONResponse(error_body(ENGINE_DEAD, "InternalServerError", 500), status_code=500)
 
@@ -112,6 +117,7 @@ def create_app(
     app.add_exception_handler(VllmValidationError, _vllm_validation)
     app.add_exception_handler(ModelNotFoundError, _not_found)
     app.add_exception_handler(EngineDeadError, _dead)
+    app.add_exception_handler(Exception, _internal)
 
     @app.get("/health")
     async def health() -> Response:

@@ -23,11 +23,14 @@ def _engine(request: Request) -> Engine:
     return engine
 
 
-def _call_failed(method: str, exc: EngineCallError) -> JSONResponse:
-    return JSONResponse(
-        error_body(f"Call to {method} method failed: {exc}", "InternalServerError", 500),
-        status_code=500,
-    )
+class CallFailedError(Exception):
+    """A failed engine utility call. Deliberately *not* handled by a specific handler: as in
+    vLLM, it reaches the catch-all `Exception` handler in Starlette's ServerErrorMiddleware,
+    which sends the 500 body and then re-raises, so uvicorn closes the connection. A client
+    that reuses that keep-alive connection gets a reset (seen on real vLLM 0.26.0)."""
+
+    def __init__(self, method: str, exc: EngineCallError) -> None:
+        super().__init__(f"Call to {method} method failed: {exc}")
 
 
 @router.post("/sleep")
@@ -41,7 +44,7 @@ async def sleep(request: Request) -> Response:
     try:
         await _engine(request).sleep(level, mode)
     except EngineCallError as exc:
-        return _call_failed("sleep", exc)
+        raise CallFailedError("sleep", exc) from exc
     return Response(status_code=200)
 
 
@@ -51,7 +54,7 @@ async def wake_up(request: Request) -> Response:
     try:
         await _engine(request).wake_up(tags)
     except EngineCallError as exc:
-        return _call_failed("wake_up", exc)
+        raise CallFailedError("wake_up", exc) from exc
     return Response(status_code=200)
 
 
@@ -112,7 +115,7 @@ async def collective_rpc(request: Request) -> Response:
     try:
         results = await _engine(request).collective_rpc(str(method))
     except EngineCallError as exc:
-        return _call_failed("collective_rpc", exc)
+        raise CallFailedError("collective_rpc", exc) from exc
     return JSONResponse({"results": results})
 
 

@@ -286,3 +286,28 @@ async def test_api_key_guards_only_v1_paths(target: Target) -> None:
         assert (await c.get("/health")).status_code == 200
         assert (await c.post("/tokenize", json={"prompt": "x"})).status_code == 200
         assert (await c.get("/metrics")).status_code == 200
+
+
+async def test_failed_engine_call_closes_the_connection(target: Target) -> None:
+    """A `Call to ... method failed` 500 is followed by the server closing the connection.
+
+    vLLM's catch-all handler re-raises after answering, so uvicorn drops the keep-alive
+    connection; a proxy must not reuse a control connection after such a 500.
+    """
+    host, port = target.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            f"POST /sleep?level=1&mode=bogus HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert head.startswith(b"HTTP/1.1 500")
+        length = int(re.search(rb"content-length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
+        body = json.loads(await reader.readexactly(length))
+        assert body["error"]["message"] == "Call to sleep method failed: Invalid pause mode: bogus"
+        assert await asyncio.wait_for(reader.read(), 10) == b"", (
+            "the server must close the connection"
+        )
+    finally:
+        writer.close()

@@ -28,28 +28,26 @@ def _case_id(i: int) -> str:
 @pytest.fixture(scope="session")
 def replay(target: Target) -> list[tuple[int, dict[str, str], str]]:
     """(status, headers, body) of every entry, replayed in recorded order."""
+    if httpx.get(f"{target.url}/is_sleeping").json()["is_sleeping"]:
+        pytest.fail("the dev target must start awake for the transcript replay")
     results = []
-    with (
-        httpx.Client(base_url=target.url, timeout=60) as dev,
-        httpx.Client(base_url=target.nodev_url, timeout=60) as nodev,
-    ):
-        if dev.get("/is_sleeping").json()["is_sleeping"]:
-            pytest.fail("the dev target must start awake for the transcript replay")
-        for i, entry in enumerate(TRANSCRIPTS):
-            req = entry["req"]
-            client = nodev if i >= NODEV_FROM else dev
-            kwargs: dict[str, Any] = {}
-            if "json" in req:
-                kwargs["json"] = req["json"]
-            if "data" in req:
-                kwargs["content"] = req["data"].encode()
-            if "headers" in req:
-                kwargs["headers"] = req["headers"]
+    for i, entry in enumerate(TRANSCRIPTS):
+        req = entry["req"]
+        kwargs: dict[str, Any] = {}
+        if "json" in req:
+            kwargs["json"] = req["json"]
+        if "data" in req:
+            kwargs["content"] = req["data"].encode()
+        if "headers" in req:
+            kwargs["headers"] = req["headers"]
+        # one connection per request, as recorded: vLLM closes a connection after some 500s
+        base = target.nodev_url if i >= NODEV_FROM else target.url
+        with httpx.Client(base_url=base, timeout=60) as client:
             r = client.request(req["method"], req["path"], **kwargs)
-            results.append((r.status_code, dict(r.headers), r.text))
-        # leave the shared dev target awake for the tests that follow
-        if dev.get("/is_sleeping").json()["is_sleeping"]:
-            dev.post("/wake_up")
+        results.append((r.status_code, dict(r.headers), r.text))
+    # leave the shared dev target awake for the tests that follow
+    if httpx.get(f"{target.url}/is_sleeping").json()["is_sleeping"]:
+        httpx.post(f"{target.url}/wake_up")
     return results
 
 
