@@ -247,6 +247,9 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
     """Non-streaming Responses API (enough for a proxy to forward and a client to parse)."""
     engine = engine_of(request)
     served = _check_model(engine, body.model)
+    if body.stream:
+        reason = "streaming /v1/responses is not emulated (vllm-switch emulator limitation)"
+        return JSONResponse(error_body(reason, "NotImplementedError", 501), status_code=501)
     messages: list[dict[str, Any]] = (
         [{"role": "user", "content": body.input}] if isinstance(body.input, str) else body.input
     )

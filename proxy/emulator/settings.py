@@ -189,7 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name in Timings.__dataclass_fields__:
         emu.add_argument(
-            f"--emu-{name.replace('_', '-')}", type=float, default=None, dest=f"emu_t_{name}"
+            f"--emu-{name.replace('_', '-')}",
+            type=float,
+            default=None,
+            dest=f"emu_t_{name}",
+            metavar="S",
+            help=f"seconds: {name.removesuffix('_s').replace('_', ' ')} (overrides --emu-timing)",
         )
     emu.add_argument(
         "--emu-fault",

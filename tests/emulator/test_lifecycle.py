@@ -179,3 +179,16 @@ async def test_embedding_mode_serves_embeddings_only(spawn: Spawn) -> None:
         assert r.status_code == 200
         assert [d["index"] for d in r.json()["data"]] == [0, 1]
         assert (await c.post("/v1/chat/completions", json=CHAT)).json() == {"detail": "Not Found"}
+
+
+async def test_responses_api_non_streaming_and_stream_refused(spawn: Spawn) -> None:
+    emu = spawn(name="responses")
+    await asyncio.to_thread(emu.wait_listening)
+    async with httpx.AsyncClient(base_url=emu.url, timeout=30) as c:
+        r = await c.post("/v1/responses", json={"input": "hi", "max_output_tokens": 3})
+        assert r.status_code == 200
+        assert r.json()["object"] == "response"
+        assert r.json()["usage"]["output_tokens"] == 3
+        s = await c.post("/v1/responses", json={"input": "hi", "stream": True})
+        assert s.status_code == 501
+        assert s.json()["error"]["type"] == "NotImplementedError"
