@@ -27,6 +27,7 @@ from proxy.emulator.protocol import (
     CompletionRequest,
     DetokenizeRequest,
     EmbeddingRequest,
+    Renderer,
     ResponsesRequest,
     TokenizeRequest,
     error_body,
@@ -163,83 +164,65 @@ def _dead_response() -> JSONResponse:
     return JSONResponse(error_body(ENGINE_DEAD, "InternalServerError", 500), status_code=500)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    engine = engine_of(request)
-    served = _check_model(engine, body.model)
-    prompt = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(body.messages))
-    param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    max_out = (
-        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    )
-    max_tokens = _check_lengths(engine, len(prompt), max_out, param)
-    renderer = ChatRenderer(served, fingerprint(engine.settings.model))
+async def _generate(
+    request: Request,
+    engine: Engine,
+    renderer: Renderer,
+    prompt: list[int],
+    max_tokens: int,
+    body: ChatCompletionRequest | CompletionRequest,
+    *,
+    echo: str = "",
+) -> Response:
+    """Queue the request in the engine; stream it as SSE or answer once it is finished."""
     try:
         req = _submit(engine, prompt, max_tokens, body)
     except EngineDeadError:
         return _dead_response()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream:
-        started = False
 
         def frames(out: Output) -> list[str]:
-            nonlocal started
-            result = [] if started else [sse(renderer.role_chunk())]
-            started = True
-            result.append(
-                sse(renderer.delta_chunk(out.text, out.finish_reason, include_usage=include_usage))
-            )
-            if out.finish_reason is not None and include_usage:
-                result.append(sse(renderer.usage_chunk(len(prompt), len(req.generated))))
-            return result
+            usage_of = (len(prompt), len(req.generated)) if include_usage else None
+            return renderer.frames(out.text, out.finish_reason, usage_of)
 
         return _stream(engine, req, frames)
     outputs = await _collect(request, engine, req)
     if not outputs:
-        return Response(status_code=499)
+        return Response(status_code=499)  # the client left; nobody reads this
     if outputs[-1].error is not None:
         return _dead_response()
-    text = "".join(o.text for o in outputs)
-    return JSONResponse(
-        renderer.full(text, outputs[-1].finish_reason or "stop", len(prompt), len(req.generated))
-    )
+    text = echo + "".join(o.text for o in outputs)
+    finish = outputs[-1].finish_reason or "stop"
+    return JSONResponse(renderer.full(text, finish, len(prompt), len(req.generated)))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    engine = engine_of(request)
+    served = _check_model(engine, body.model)
+    prompt = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(body.messages))
+    max_out: int | None = body.max_tokens
+    param = "max_tokens"
+    if body.max_completion_tokens is not None:
+        max_out, param = body.max_completion_tokens, "max_completion_tokens"
+    max_tokens = _check_lengths(engine, len(prompt), max_out, param)
+    renderer = ChatRenderer(served, fingerprint(engine.settings.model))
+    return await _generate(request, engine, renderer, prompt, max_tokens, body)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     engine = engine_of(request)
     served = _check_model(engine, body.model)
-    prompt_text = body.prompt if isinstance(body.prompt, str) else ""
-    prompt = (
-        engine.tokenizer.encode(prompt_text)
-        if isinstance(body.prompt, str)
-        else [int(t) for t in (body.prompt or []) if isinstance(t, int)]
-    )
+    if isinstance(body.prompt, str):
+        prompt_text, prompt = body.prompt, engine.tokenizer.encode(body.prompt)
+    else:
+        prompt_text, prompt = "", [int(t) for t in (body.prompt or []) if isinstance(t, int)]
     max_tokens = _check_lengths(engine, len(prompt), body.max_tokens, "max_tokens")
     renderer = CompletionRenderer(served, fingerprint(engine.settings.model))
-    try:
-        req = _submit(engine, prompt, max_tokens, body)
-    except EngineDeadError:
-        return _dead_response()
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    if body.stream:
-
-        def frames(out: Output) -> list[str]:
-            result = [sse(renderer.chunk(out.text, out.finish_reason, include_usage=include_usage))]
-            if out.finish_reason is not None and include_usage:
-                result.append(sse(renderer.usage_chunk(len(prompt), len(req.generated))))
-            return result
-
-        return _stream(engine, req, frames)
-    outputs = await _collect(request, engine, req)
-    if not outputs:
-        return Response(status_code=499)
-    if outputs[-1].error is not None:
-        return _dead_response()
-    text = (prompt_text if body.echo else "") + "".join(o.text for o in outputs)
-    return JSONResponse(
-        renderer.full(text, outputs[-1].finish_reason or "stop", len(prompt), len(req.generated))
-    )
+    echo = prompt_text if body.echo else ""
+    return await _generate(request, engine, renderer, prompt, max_tokens, body, echo=echo)
 
 
 @router.post("/v1/responses")

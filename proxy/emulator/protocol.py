@@ -105,11 +105,14 @@ def sse(payload: dict[str, Any] | str) -> str:
     return f"data: {data}\n\n"
 
 
-class ChatRenderer:
-    """Builds one chat completion's JSON body or SSE chunks."""
+class Renderer:
+    """One completion's identity (id, created, model) and its SSE framing."""
+
+    prefix: str = ""
+    chunk_object: str = ""
 
     def __init__(self, model: str, system_fingerprint: str) -> None:
-        self.id = new_id("chatcmpl")
+        self.id = new_id(self.prefix)
         self.created = int(time.time())
         self.model = model
         self.fp = system_fingerprint
@@ -117,12 +120,43 @@ class ChatRenderer:
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
             "id": self.id,
-            "object": "chat.completion.chunk",
+            "object": self.chunk_object,
             "created": self.created,
             "model": self.model,
             "choices": choices,
             **extra,
         }
+
+    def usage_chunk(self, prompt: int, completion: int) -> dict[str, Any]:
+        return self._chunk(
+            [], usage=usage(prompt, completion, details=False), system_fingerprint=self.fp
+        )
+
+    def step(
+        self, text: str, finish_reason: str | None, *, include_usage: bool
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def frames(
+        self, text: str, finish_reason: str | None, usage_of: tuple[int, int] | None
+    ) -> list[str]:
+        """SSE events for one engine step; `usage_of` (prompt, completion) adds the usage chunk
+        after the final step, as `stream_options.include_usage` asks."""
+        events = self.step(text, finish_reason, include_usage=usage_of is not None)
+        if finish_reason is not None and usage_of is not None:
+            events.append(self.usage_chunk(*usage_of))
+        return [sse(e) for e in events]
+
+    def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatRenderer(Renderer):
+    """Chat completion bodies and chunks: a role chunk first, then content deltas."""
+
+    prefix = "chatcmpl"
+    chunk_object = "chat.completion.chunk"
+    _started = False
 
     def role_chunk(self) -> dict[str, Any]:
         choice = {
@@ -133,9 +167,11 @@ class ChatRenderer:
         }
         return self._chunk([choice], prompt_token_ids=None, prompt_text=None)
 
-    def delta_chunk(
+    def step(
         self, text: str, finish_reason: str | None, *, include_usage: bool
-    ) -> dict[str, Any]:
+    ) -> list[dict[str, Any]]:
+        events = [] if self._started else [self.role_chunk()]
+        self._started = True
         choice: dict[str, Any] = {
             "index": 0,
             "delta": {"content": text},
@@ -144,19 +180,11 @@ class ChatRenderer:
         }
         if finish_reason is None:
             choice["token_ids"] = None
-            return self._chunk([choice])
+            return [*events, self._chunk([choice])]
         choice["stop_reason"] = None
         choice["token_ids"] = None
-        return (
-            self._chunk([choice])
-            if include_usage
-            else self._chunk([choice], system_fingerprint=self.fp)
-        )
-
-    def usage_chunk(self, prompt: int, completion: int) -> dict[str, Any]:
-        return self._chunk(
-            [], usage=usage(prompt, completion, details=False), system_fingerprint=self.fp
-        )
+        fingerprint = {} if include_usage else {"system_fingerprint": self.fp}
+        return [*events, self._chunk([choice], **fingerprint)]
 
     def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
         message = {
@@ -195,16 +223,15 @@ class ChatRenderer:
         }
 
 
-class CompletionRenderer:
-    """Builds one text completion's JSON body or SSE chunks."""
+class CompletionRenderer(Renderer):
+    """Text completion bodies and chunks."""
 
-    def __init__(self, model: str, system_fingerprint: str) -> None:
-        self.id = new_id("cmpl")
-        self.created = int(time.time())
-        self.model = model
-        self.fp = system_fingerprint
+    prefix = "cmpl"
+    chunk_object = "text_completion"
 
-    def chunk(self, text: str, finish_reason: str | None, *, include_usage: bool) -> dict[str, Any]:
+    def step(
+        self, text: str, finish_reason: str | None, *, include_usage: bool
+    ) -> list[dict[str, Any]]:
         choice = {
             "index": 0,
             "text": text,
@@ -214,27 +241,8 @@ class CompletionRenderer:
             "prompt_token_ids": None,
             "token_ids": None,
         }
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-        }
-        if finish_reason is not None and not include_usage:
-            body["system_fingerprint"] = self.fp
-        return body
-
-    def usage_chunk(self, prompt: int, completion: int) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage(prompt, completion, details=False),
-            "system_fingerprint": self.fp,
-        }
+        final = finish_reason is not None and not include_usage
+        return [self._chunk([choice], **({"system_fingerprint": self.fp} if final else {}))]
 
     def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
         choice = {
