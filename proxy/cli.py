@@ -1,32 +1,99 @@
-"""The `vllm-switch` command line."""
+"""The `vllm-switch` command line: serve, demo, check-config, config-schema, emulate."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from proxy import __version__
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from proxy.app import create_app
+    from proxy.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.host
+    port = config.port if args.port is None else args.port
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=30
+    )
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from proxy.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    groups: dict[str, list[str]] = {}
+    for m in config.models:
+        groups.setdefault(m.gpu, []).append(m.name)
+    print(f"{args.config}: OK - {len(config.models)} model(s)")
+    for gpu, names in groups.items():
+        print(f"  gpu {gpu} (max_awake={config.gpu(gpu).max_awake}): {', '.join(names)}")
+    return 0
+
+
+def _schema(_: argparse.Namespace) -> int:
+    from proxy.config import json_schema
+
+    sys.stdout.write(json_schema())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "emulate":  # vLLM's own command line: parsed by the emulator
+        from proxy.emulator.server import main as emulate
+
+        return emulate(args[1:])
     parser = argparse.ArgumentParser(
         prog="vllm-switch",
         description="Serve several vLLM models on one GPU behind one OpenAI endpoint.",
     )
     parser.add_argument("--version", action="version", version=f"vllm-switch {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p = sub.add_parser("serve", help="run the proxy from a YAML config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--host", default=None, help="overrides the config's host")
+    p.add_argument("--port", type=int, default=None, help="overrides the config's port")
+    p.set_defaults(func=_serve)
+    p = sub.add_parser(
+        "demo", help="proxy + two emulated vLLM servers on one fake GPU (no GPU needed)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_demo)
+    p = sub.add_parser("check-config", help="validate a config file and say what is wrong")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=_check_config)
+    p = sub.add_parser("config-schema", help="print the config's JSON schema")
+    p.set_defaults(func=_schema)
     sub.add_parser(
         "emulate",
-        add_help=False,
         help="run a vLLM 0.26.0 emulator (takes `vllm serve` flags; see `emulate --help`)",
     )
-    if args and args[0] == "emulate":
-        from proxy.emulator.server import main as emulate
-
-        return emulate(args[1:])
     ns = parser.parse_args(args)
-    if ns.command is None:
-        parser.print_help()
-        return 2
-    return 0
+    code: int = ns.func(ns)
+    return code

@@ -1,0 +1,31 @@
+"""create_app: the proxy's FastAPI application (no I/O until its lifespan runs)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+
+from proxy.config import ProxyConfig
+from proxy.errors import install_exception_handlers
+from proxy.routes import openai as openai_routes
+from proxy.services import Services
+
+
+def create_app(
+    config: ProxyConfig, *, upstream_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    services = Services.build(config, transport=upstream_transport)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async with services.running():
+            yield
+
+    app = FastAPI(title="vllm-switch", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.services = services
+    app.include_router(openai_routes.router)
+    install_exception_handlers(app)
+    return app

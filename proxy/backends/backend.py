@@ -1,0 +1,183 @@
+"""Backend: one model's state, its leases, and who may still take one while it drains.
+
+State owned here (changed only by the Switcher's calls, between awaits):
+  state          see state.py
+  leases         requests currently forwarded to the backend (streams included)
+  draining       a switch wants to put it to sleep: no new leases, except for...
+  early_waiters  requests that queued for this model *before* the drain began: they are
+                 served first (invariant 3), so a model that just woke is never slept
+                 under the very requests it was woken for
+  holds_memory   False only when the backend is known to hold no more than its sleep
+                 residual; a FAILED backend that may still hold GPU memory blocks wakes
+                 in its group (waking next to it could wedge a neighbour, as on an H100)
+  failure        why it is FAILED
+Readers (routes, status) only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from proxy.backends.state import ALLOWED, BackendState
+from proxy.backends.vllm import VllmControl, elapsed_ms
+from proxy.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WakeTimings:
+    """What one switch cost, in ms (0 when nothing had to happen)."""
+
+    sleep_ms: float = 0.0
+    wake_ms: float = 0.0
+    warmup_ms: float = 0.0
+
+
+NO_SWITCH = WakeTimings()
+
+
+class Ticket:
+    """A request's place in line for one backend."""
+
+    __slots__ = ("early", "used")
+
+    def __init__(self, early: bool) -> None:
+        self.early = early
+        self.used = False
+
+
+class Lease:
+    """Permission to forward one request; `release()` is idempotent."""
+
+    __slots__ = ("_backend", "_released")
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._released = False
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._backend._release()
+
+
+class Backend:
+    def __init__(self, config: ModelConfig, control: VllmControl) -> None:
+        self.config = config
+        self.name = config.name
+        self.control = control
+        self.state = BackendState.UNKNOWN
+        self.leases = 0
+        self.draining = False
+        self.early_waiters = 0
+        self.holds_memory = True
+        self.failure: str | None = None
+        self.awake_since: float | None = None
+        self.last_used = 0.0
+        self.last = WakeTimings()
+        self._changed = asyncio.Event()
+
+    # ----- transitions -------------------------------------------------------------------------
+    def set_state(self, new: BackendState) -> None:
+        if new is not self.state and new not in ALLOWED[self.state]:
+            raise RuntimeError(f"{self.name}: illegal transition {self.state} -> {new}")
+        self.state = new
+        if new is BackendState.READY:
+            self.awake_since = time.time()
+            self.holds_memory = True
+        elif new is BackendState.ASLEEP:
+            self.awake_since = None
+            self.holds_memory = False
+        self._notify()
+
+    def mark_failed(self, reason: str, *, holds_memory: bool) -> None:
+        log.error("backend %s failed: %s", self.name, reason)
+        self.failure = reason
+        self.holds_memory = holds_memory
+        self.draining = False
+        self.set_state(BackendState.FAILED)
+
+    # ----- leases --------------------------------------------------------------------------------
+    def ticket(self) -> Ticket:
+        early = not self.draining
+        if early:
+            self.early_waiters += 1
+        return Ticket(early)
+
+    def drop_ticket(self, ticket: Ticket) -> None:
+        if ticket.early and not ticket.used:
+            ticket.used = True
+            self.early_waiters -= 1
+            self._notify()
+
+    def try_acquire(self, ticket: Ticket | None = None) -> Lease | None:
+        """Sync check-and-take: a lease if READY and this request may still enter."""
+        if self.state is not BackendState.READY:
+            return None
+        if self.draining and not (ticket is not None and ticket.early and not ticket.used):
+            return None
+        if ticket is not None:
+            self.drop_ticket(ticket)
+        self.leases += 1
+        self.last_used = time.monotonic()
+        return Lease(self)
+
+    def _release(self) -> None:
+        self.leases -= 1
+        self.last_used = time.monotonic()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return self.leases == 0 and self.early_waiters == 0
+
+    async def drain(self) -> None:
+        """Refuse late requests and wait until leases and early waiters are gone.
+
+        Cancelled by the caller's deadline; the caller then clears `draining`.
+        """
+        self.draining = True
+        while not self.idle:
+            await self._changed.wait()
+
+    # ----- memory-changing operations (Switcher only, under the group lock) -----------------------
+    async def sleep(self) -> float:
+        """Drained already; /sleep (mode=wait) then confirm with /is_sleeping. Returns ms."""
+        t0 = time.monotonic()
+        self.set_state(BackendState.SLEEPING)
+        await self.control.sleep(self.config.sleep_level)
+        if not await self.control.is_sleeping():
+            raise RuntimeError("/sleep answered 200 but /is_sleeping is false")
+        self.draining = False
+        self.set_state(BackendState.ASLEEP)
+        return elapsed_ms(t0)
+
+    async def wake(self) -> float:
+        """Wake (staged for level 2) and confirm with /is_sleeping. Returns ms; not READY yet."""
+        self.set_state(BackendState.WAKING)
+        self.holds_memory = True
+        t0 = time.monotonic()
+        await self.control.wake(self.config.sleep_level)
+        if await self.control.is_sleeping():
+            raise RuntimeError("/wake_up answered 200 but /is_sleeping is still true")
+        return elapsed_ms(t0)
+
+    async def warm_up(self) -> float:
+        """The 1-token warm-up request (if enabled). Returns ms."""
+        if not self.config.warmup.enabled:
+            return 0.0
+        t0 = time.monotonic()
+        await self.control.warm_up()
+        return elapsed_ms(t0)

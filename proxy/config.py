@@ -1,0 +1,186 @@
+"""The YAML configuration: pydantic models, `${ENV}` substitution, loading, JSON schema.
+
+Everything is frozen after loading; unknown keys are errors (a YAML typo must not silently
+become a default). Durations carry their unit in the name (`*_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message points at the bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WarmupConfig(_Strict):
+    enabled: bool = Field(default=True, description="send one tiny request after each wake")
+    endpoint: Literal["completions", "chat", "embeddings"] = Field(
+        default="completions", description="API used for the warm-up request"
+    )
+    prompt: str = "Hi"
+    max_tokens: int = Field(default=1, ge=1, le=16)
+
+
+class TimeoutsConfig(_Strict):
+    sleep_s: float = Field(
+        default=120, gt=0, description="one /sleep call (level 1 copies weights to host)"
+    )
+    wake_s: float = Field(
+        default=120, gt=0, description="whole wake: tags, reload_weights, warm-up"
+    )
+    drain_s: float = Field(
+        default=600, gt=0, description="wait for in-flight requests before sleeping"
+    )
+    control_s: float = Field(
+        default=30, gt=0, description="small control calls (/is_sleeping, /health)"
+    )
+    start_s: float = Field(
+        default=900, gt=0, description="a backend still starting at proxy start-up"
+    )
+    connect_s: float = Field(default=5, gt=0, description="TCP connect to a backend")
+    read_s: float = Field(default=600, gt=0, description="max gap between two bytes of a response")
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        pattern=NAME, max_length=256, description="matched against the request's `model`"
+    )
+    aliases: tuple[str, ...] = Field(default=(), description="other accepted `model` values")
+    url: HttpUrl = Field(
+        description="base URL of a running vLLM server (started with --enable-sleep-mode)"
+    )
+    served_name: str | None = Field(
+        default=None, description="the backend's --served-model-name; default: name"
+    )
+    gpu: str = Field(default="default", pattern=NAME, description="GPU group this model shares")
+    sleep_level: Literal[1, 2] = 1
+    api_key: str | None = Field(
+        default=None, description="the backend's --api-key, sent on every call"
+    )
+    warmup: WarmupConfig = WarmupConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @property
+    def backend_model(self) -> str:
+        return self.served_name or self.name
+
+    @property
+    def base_url(self) -> str:
+        return str(self.url).rstrip("/")
+
+
+class GpuConfig(_Strict):
+    name: str = Field(pattern=NAME)
+    max_awake: int = Field(default=1, ge=1, description="models of this group awake at once")
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="larger requests get 413"
+    )
+    queue_size: int = Field(
+        default=1024, ge=1, description="requests waiting per model; more get 429"
+    )
+    queue_timeout_s: float = Field(
+        default=600, gt=0, description="longest wait for a model; then 503"
+    )
+    retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 429 and 503")
+
+
+class ProxyConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    models: tuple[ModelConfig, ...] = Field(min_length=1)
+    gpus: tuple[GpuConfig, ...] = ()
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="after")
+    def _names_are_unique_and_groups_known(self) -> Self:
+        seen: dict[str, str] = {}
+        for m in self.models:
+            for name in (m.name, *m.aliases):
+                if name in seen:
+                    raise ValueError(
+                        f"model name {name!r} is used by both {seen[name]!r} and {m.name!r}"
+                    )
+                seen[name] = m.name
+        declared = [g.name for g in self.gpus]
+        if len(set(declared)) != len(declared):
+            raise ValueError("gpu names must be unique")
+        unknown = {m.gpu for m in self.models} - set(declared) - {"default"}
+        if unknown and self.gpus:
+            raise ValueError(
+                f"models use undeclared gpu group(s) {sorted(unknown)}; declared: {declared}"
+            )
+        return self
+
+    def gpu(self, name: str) -> GpuConfig:
+        for g in self.gpus:
+            if g.name == name:
+                return g
+        return GpuConfig(name=name)
+
+
+def substitute_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace `${VAR}` / `${VAR:-default}`; an unset variable without default is an error."""
+    values = os.environ if env is None else env
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in values:
+            return values[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name!r} is not set (used as ${{{name}}})")
+
+    return _ENV.sub(sub, text)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return f"{exc.error_count()} problem(s) in the config:\n" + "\n".join(lines)
+
+
+def parse_config(
+    text: str, *, source: str = "<config>", env: dict[str, str] | None = None
+) -> ProxyConfig:
+    try:
+        data: Any = yaml.safe_load(substitute_env(text, env))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def load_config(path: Path) -> ProxyConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_config(text, source=str(path))
+
+
+def json_schema() -> str:
+    return json.dumps(ProxyConfig.model_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,132 @@
+"""`vllm-switch demo`: the proxy in front of two emulated vLLM servers on one fake GPU.
+
+The fake GPU (80 GiB) is sized so that only one model fits awake. Bootstrap is sequential,
+as it must be on a real GPU: start the first server, put it to sleep, start the second. The
+proxy then adopts both (one awake, one asleep) and every request switches as needed. Owns the
+two emulator processes and stops them by PID when the proxy exits (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from proxy.app import create_app
+from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
+from proxy.emulator.launcher import EmulatorProcess, spawn_emulator
+
+GPU = "demo-gpu"
+MODELS = (
+    # name, alias, weights GiB, sleep level
+    ("qwen3-0.6b", "small", 1.11, 1),
+    ("qwen3-1.7b", "large", 3.2, 2),
+)
+
+
+def banner(url: str) -> str:
+    small, large = MODELS[0][0], MODELS[1][0]
+    return f"""
+vllm-switch demo is up: {url}/v1
+  models {small} (sleep level 1) and {large} (sleep level 2) share one emulated 80 GiB GPU;
+  only one fits awake, so each request for the other one switches (sleep + wake + warm-up).
+
+Try it (watch the x-vllm-switch-* headers: what each request paid for switching):
+
+  curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{large}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
+
+  python3 - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{url}/v1", api_key="not-needed")
+for model in ["{small}", "{large}", "{small}"]:
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{{"role": "user", "content": "Hi"}}], max_tokens=8)
+    print(model, "wake", raw.headers["x-vllm-switch-wake-ms"], "ms:", raw.parse().choices[0].message.content)
+PY
+
+Ctrl-C stops the proxy and both emulated vLLM servers.
+"""
+
+
+def _start(
+    workdir: Path, ledger: Path, name: str, alias: str, weights_gib: float
+) -> EmulatorProcess:
+    args = [
+        name,
+        "--served-model-name",
+        name,
+        alias,
+        "--enable-sleep-mode",
+        "--gpu-memory-utilization",
+        "0.55",
+        "--max-model-len",
+        "4096",
+        "--emu-gpu",
+        GPU,
+        "--emu-gpu-memory-gib",
+        "80",
+        "--emu-weights-gib",
+        str(weights_gib),
+        "--emu-ledger-dir",
+        str(ledger),
+        "--emu-startup-s",
+        "0.5",
+    ]
+    emu = spawn_emulator(workdir, args, name=name)
+    emu.wait_listening()
+    return emu
+
+
+def bootstrap(workdir: Path) -> list[EmulatorProcess]:
+    """Start each server while the others sleep: vLLM sizes its memory from what is free."""
+    ledger = workdir / "ledger"
+    started: list[EmulatorProcess] = []
+    try:
+        for i, (name, alias, weights, _) in enumerate(MODELS):
+            emu = _start(workdir, ledger, name, alias, weights)
+            started.append(emu)
+            if i < len(MODELS) - 1:
+                httpx.post(f"{emu.url}/sleep", params={"level": 1}, timeout=60).raise_for_status()
+    except BaseException:
+        for emu in started:
+            emu.stop()
+        raise
+    return started
+
+
+def demo_config(emulators: list[EmulatorProcess], host: str, port: int) -> ProxyConfig:
+    models = tuple(
+        ModelConfig(
+            name=name,
+            aliases=(alias,),
+            url=emu.url,
+            gpu=GPU,
+            sleep_level=level,
+            warmup=WarmupConfig(endpoint="chat"),
+        )
+        for (name, alias, _, level), emu in zip(MODELS, emulators, strict=True)
+    )
+    return ProxyConfig(
+        host=host, port=port, models=models, gpus=(GpuConfig(name=GPU, max_awake=1),)
+    )
+
+
+def run_demo(host: str, port: int) -> int:
+    sock = socket.create_server((host, port))  # bound and listening before anything starts
+    bound = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="vllm-switch-demo-") as tmp:
+        print(f"starting two emulated vLLM servers (logs in {tmp}) ...", flush=True)  # noqa: T201
+        emulators = bootstrap(Path(tmp))
+        try:
+            config = demo_config(emulators, host, bound)
+            server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+            print(banner(f"http://{host}:{bound}"), flush=True)  # noqa: T201
+            server.run(sockets=[sock])
+        finally:
+            for emu in emulators:
+                emu.stop()
+    return 0

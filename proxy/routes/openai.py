@@ -1,0 +1,193 @@
+"""The public OpenAI-compatible surface: what clients may reach, and nothing else.
+
+Backend dev endpoints (/sleep, /wake_up, /collective_rpc, ...) have no route here, so they are
+unreachable through the proxy. Inference requests are forwarded only under a lease on a READY
+backend. /tokenize and /detokenize are answered by vLLM's front end even while it sleeps
+(verified on an H100 by the conformance suite), so they are forwarded without a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from proxy.backends import BackendState, Lease, WakeTimings
+from proxy.errors import BackendUnavailableError, UpstreamTimeoutError, UpstreamUnreachableError
+from proxy.forwarding import (
+    UpstreamResponse,
+    parse_json_object,
+    read_body,
+    request_headers,
+    with_model,
+)
+from proxy.services import Services
+
+router = APIRouter()
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
+
+
+class ClientGoneError(Exception):
+    """The client disconnected while its request waited."""
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client disconnects first (a queued waiter leaves
+    the queue; a switch it joined goes on for the others)."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise ClientGoneError
+
+
+def timing_headers(backend: str, queue_ms: float, t: WakeTimings) -> dict[str, str]:
+    return {
+        "x-vllm-switch-model": backend,
+        "x-vllm-switch-queue-ms": f"{queue_ms:.1f}",
+        "x-vllm-switch-sleep-ms": f"{t.sleep_ms:.1f}",
+        "x-vllm-switch-wake-ms": f"{t.wake_ms:.1f}",
+        "x-vllm-switch-warmup-ms": f"{t.warmup_ms:.1f}",
+    }
+
+
+async def _send(
+    services: Services, request: Request, url: str, body: bytes, api_key: str | None
+) -> httpx.Response:
+    upstream = services.client.build_request(
+        "POST", url, content=body, headers=request_headers(request.headers, api_key)
+    )
+    backend = url.split("/", 3)[2]
+    try:
+        return await services.client.send(upstream, stream=True)
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeoutError(f"backend at {backend} timed out: {type(exc).__name__}") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamUnreachableError(
+            f"backend at {backend} is unreachable: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+async def forward(request: Request, path: str) -> Response:
+    services = services_of(request)
+    arrived = time.monotonic()
+    body = await read_body(request, services.config.limits.max_body_bytes)
+    data = parse_json_object(body)
+    model = services.resolve(data.get("model"))
+    body = with_model(body, data, model.backend_model)
+    try:
+        lease, timings = await until_disconnect(request, services.switcher.lease(model.name))
+    except ClientGoneError:
+        return Response(status_code=CLIENT_CLOSED)
+    queue_ms = (time.monotonic() - arrived) * 1000
+    try:
+        upstream = await until_disconnect(
+            request, _send(services, request, f"{model.base_url}{path}", body, model.api_key)
+        )
+    except ClientGoneError:
+        lease.release()
+        return Response(status_code=CLIENT_CLOSED)
+    except BaseException:
+        lease.release()
+        raise
+    headers = timing_headers(model.name, queue_ms, timings)
+    return UpstreamResponse(upstream, lease, headers, model.name)
+
+
+async def forward_frontend_only(request: Request, path: str) -> Response:
+    """For endpoints vLLM answers without its engine: no switch, no lease."""
+    services = services_of(request)
+    body = await read_body(request, services.config.limits.max_body_bytes)
+    data = parse_json_object(body)
+    model = services.resolve(data.get("model"))
+    backend = services.backends[model.name]
+    if backend.state is BackendState.FAILED:
+        raise BackendUnavailableError(f"model {model.name!r} is unavailable: {backend.failure}")
+    body = with_model(body, data, model.backend_model)
+    upstream = await _send(services, request, f"{model.base_url}{path}", body, model.api_key)
+    return UpstreamResponse(upstream, _NoLease(), {"x-vllm-switch-model": model.name}, model.name)
+
+
+class _NoLease(Lease):
+    def __init__(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await forward(request, "/v1/chat/completions")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await forward(request, "/v1/completions")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await forward(request, "/v1/embeddings")
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    return await forward(request, "/v1/responses")
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    return await forward_frontend_only(request, "/tokenize")
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    return await forward_frontend_only(request, "/detokenize")
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> JSONResponse:
+    services = services_of(request)
+    data: list[dict[str, Any]] = []
+    for m in services.config.models:
+        state = services.backends[m.name].state.value
+        for name in (m.name, *m.aliases):
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "vllm-switch",
+                    "root": m.name,
+                    "state": state,
+                }
+            )
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})

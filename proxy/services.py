@@ -1,0 +1,94 @@
+"""Services: the object graph of one proxy (config, HTTP client, backends, switcher).
+
+Built without I/O by `Services.build`; `running()` starts reconciliation in the background and
+tears everything down on exit. One instance per app - no module-level singletons.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from proxy.backends import Backend, VllmControl
+from proxy.config import ModelConfig, ProxyConfig
+from proxy.errors import InvalidRequestError, ModelNotFoundError
+from proxy.switcher import Switcher
+
+log = logging.getLogger(__name__)
+# vLLM closes idle keep-alive connections after 5 s: expire ours first so none is reused half-closed
+KEEPALIVE_EXPIRY_S = 4.0
+
+
+@dataclass
+class Services:
+    config: ProxyConfig
+    client: httpx.AsyncClient
+    backends: dict[str, Backend]
+    switcher: Switcher
+    by_name: dict[str, ModelConfig]
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @classmethod
+    def build(
+        cls, config: ProxyConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Services:
+        t = config.models[0].timeouts
+        client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(
+                connect=t.connect_s,
+                read=max(m.timeouts.read_s for m in config.models),
+                write=60.0,
+                pool=None,
+            ),
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=256,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            ),
+        )
+        backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
+        by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
+        return cls(config, client, backends, Switcher(config, backends), by_name)
+
+    def resolve(self, model: object) -> ModelConfig:
+        available = ", ".join(sorted(self.by_name))
+        if model is None or model == "":
+            raise InvalidRequestError(
+                f"you must provide a model parameter; available models: {available}", param="model"
+            )
+        if not isinstance(model, str):
+            raise InvalidRequestError("`model` must be a string", param="model")
+        try:
+            return self.by_name[model]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"The model `{model[:256]}` does not exist; available models: {available}",
+                param="model",
+            ) from None
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._reconcile(), name="reconcile")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            yield
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.switcher.close()
+            await self.client.aclose()
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.switcher.reconcile()
+        except Exception:
+            log.exception("start-up reconciliation failed")
+            raise
