@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
@@ -74,6 +82,11 @@ class ModelConfig(_Strict):
     )
     warmup: WarmupConfig = WarmupConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+
+    @field_validator("api_key", "served_name", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @property
     def backend_model(self) -> str:
@@ -152,11 +165,15 @@ def substitute_env(text: str, env: dict[str, str] | None = None) -> str:
 
 
 def _describe(exc: ValidationError) -> str:
+    errors = exc.errors()
+    deeper = {err["loc"][:-1] for err in errors if len(err["loc"]) > 1}
     lines = []
-    for err in exc.errors():
+    for err in errors:
+        if err["type"] == "too_short" and any(d[: len(err["loc"])] == err["loc"] for d in deeper):
+            continue  # "models: at least 1 item" only repeats that an item was invalid
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {where}: {err['msg']}")
-    return f"{exc.error_count()} problem(s) in the config:\n" + "\n".join(lines)
+    return f"{len(lines)} problem(s) in the config:\n" + "\n".join(lines)
 
 
 def parse_config(

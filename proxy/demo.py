@@ -12,12 +12,11 @@ import socket
 import tempfile
 from pathlib import Path
 
-import httpx
 import uvicorn
 
 from proxy.app import create_app
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
-from proxy.emulator.launcher import EmulatorProcess, spawn_emulator
+from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially
 
 GPU = "demo-gpu"
 MODELS = (
@@ -52,50 +51,36 @@ Ctrl-C stops the proxy and both emulated vLLM servers.
 """
 
 
-def _start(
-    workdir: Path, ledger: Path, name: str, alias: str, weights_gib: float
-) -> EmulatorProcess:
-    args = [
-        name,
-        "--served-model-name",
-        name,
-        alias,
-        "--enable-sleep-mode",
-        "--gpu-memory-utilization",
-        "0.55",
-        "--max-model-len",
-        "4096",
-        "--emu-gpu",
-        GPU,
-        "--emu-gpu-memory-gib",
-        "80",
-        "--emu-weights-gib",
-        str(weights_gib),
-        "--emu-ledger-dir",
-        str(ledger),
-        "--emu-startup-s",
-        "0.5",
-    ]
-    emu = spawn_emulator(workdir, args, name=name)
-    emu.wait_listening()
-    return emu
-
-
 def bootstrap(workdir: Path) -> list[EmulatorProcess]:
-    """Start each server while the others sleep: vLLM sizes its memory from what is free."""
     ledger = workdir / "ledger"
-    started: list[EmulatorProcess] = []
-    try:
-        for i, (name, alias, weights, _) in enumerate(MODELS):
-            emu = _start(workdir, ledger, name, alias, weights)
-            started.append(emu)
-            if i < len(MODELS) - 1:
-                httpx.post(f"{emu.url}/sleep", params={"level": 1}, timeout=60).raise_for_status()
-    except BaseException:
-        for emu in started:
-            emu.stop()
-        raise
-    return started
+    servers = [
+        (
+            name,
+            [
+                name,
+                "--served-model-name",
+                name,
+                alias,
+                "--enable-sleep-mode",
+                "--gpu-memory-utilization",
+                "0.55",
+                "--max-model-len",
+                "4096",
+                "--emu-gpu",
+                GPU,
+                "--emu-gpu-memory-gib",
+                "80",
+                "--emu-weights-gib",
+                str(weights),
+                "--emu-ledger-dir",
+                str(ledger),
+                "--emu-startup-s",
+                "0.5",
+            ],
+        )
+        for name, alias, weights, _ in MODELS
+    ]
+    return bootstrap_sequentially(workdir, servers)
 
 
 def demo_config(emulators: list[EmulatorProcess], host: str, port: int) -> ProxyConfig:

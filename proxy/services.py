@@ -63,7 +63,9 @@ class Services:
                 f"you must provide a model parameter; available models: {available}", param="model"
             )
         if not isinstance(model, str):
-            raise InvalidRequestError("`model` must be a string", param="model")
+            raise InvalidRequestError(
+                f"`model` must be a string; available models: {available}", param="model"
+            )
         try:
             return self.by_name[model]
         except KeyError:

@@ -98,6 +98,10 @@ class Switcher:
         }
         self.waiting: Counter[str] = Counter()
 
+    async def wait_reconciled(self) -> None:
+        for group in self._groups.values():
+            await group.reconciled.wait()
+
     def group_of(self, name: str) -> _Group:
         return self._groups[self._backends[name].config.gpu]
 

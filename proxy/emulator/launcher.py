@@ -112,3 +112,28 @@ def running_emulator(
         yield emu
     finally:
         emu.stop()
+
+
+def bootstrap_sequentially(
+    workdir: Path, servers: Sequence[tuple[str, Sequence[str]]]
+) -> list[EmulatorProcess]:
+    """Start servers one at a time, putting each to sleep (level 1) before the next starts.
+
+    This is how several vLLM servers must come up on one GPU: each sizes its memory from what
+    is free at its start. The last one stays awake. On failure every started one is stopped.
+    """
+    import httpx
+
+    started: list[EmulatorProcess] = []
+    try:
+        for i, (name, args) in enumerate(servers):
+            emu = spawn_emulator(workdir, args, name=name)
+            started.append(emu)
+            emu.wait_listening()
+            if i < len(servers) - 1:
+                httpx.post(f"{emu.url}/sleep", params={"level": 1}, timeout=120).raise_for_status()
+    except BaseException:
+        for emu in started:
+            emu.stop()
+        raise
+    return started

@@ -1,0 +1,211 @@
+"""Bad input gets its exact status and OpenAI error body; backend errors pass through untouched;
+streams and disconnects are handled without leaving a backend slot busy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+
+MODELS: list[dict[str, Any]] = [{"name": "model-a", "aliases": ["a"]}, {"name": "model-b"}]
+
+
+def error(r: httpx.Response) -> dict[str, object]:
+    body: dict[str, object] = r.json()["error"]
+    assert set(body) == {"message", "type", "param", "code"}
+    return body
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "status", "code", "param"),
+    [
+        ("/v1/chat/completions", {"messages": []}, 400, "invalid_request", "model"),
+        (
+            "/v1/chat/completions",
+            {"model": "nope", "messages": []},
+            404,
+            "model_not_found",
+            "model",
+        ),
+        ("/v1/chat/completions", {"model": 7, "messages": []}, 400, "invalid_request", "model"),
+        ("/v1/completions", b"{not json", 400, "invalid_request", None),
+        ("/v1/completions", b"[1, 2]", 400, "invalid_request", None),
+        ("/tokenize", {"prompt": "x"}, 400, "invalid_request", "model"),
+    ],
+    ids=[
+        "missing-model",
+        "unknown-model",
+        "model-not-string",
+        "malformed-json",
+        "not-an-object",
+        "tokenize-no-model",
+    ],
+)
+async def test_bad_requests_get_openai_errors(
+    fleet: Fleet, path: str, payload: object, status: int, code: str, param: str | None
+) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        r = await c.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status
+    body = error(r)
+    assert (body["code"], body["param"]) == (code, param)
+    assert r.headers["x-vllm-switch-error"] == code
+    if code in ("invalid_request", "model_not_found") and param == "model":
+        assert "available models: a, model-a, model-b" in str(body["message"])
+
+
+async def test_body_over_the_limit_is_413(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS, limits={"max_body_bytes": 1024})) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post(
+            "/v1/chat/completions",
+            json=chat("model-a", messages=[{"role": "user", "content": "x" * 2000}]),
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                yield b"x" * 600
+
+        chunked = await c.post("/v1/chat/completions", content=chunks())
+    assert r.status_code == 413
+    assert error(r)["code"] == "payload_too_large"
+    assert chunked.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/sleep",
+        "/wake_up",
+        "/collective_rpc",
+        "/is_sleeping",
+        "/reset_prefix_cache",
+        "/v1/nope",
+        "/metrics/x",
+    ],
+)
+async def test_backend_dev_endpoints_are_unreachable(fleet: Fleet, path: str) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        posted = await c.post(path, params={"level": 1}, json={"method": "reload_weights"})
+        got = await c.get(path)
+    for r in (posted, got):
+        assert r.status_code in (404, 405)
+        assert error(r)["code"] in ("not_found", "method_not_allowed")
+    assert fleet.counters("model-b").get("sleeps_level_1", 0) == 0
+
+
+async def test_alias_is_rewritten_to_the_backend_name(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=chat("a"))
+        models = (await c.get("/v1/models")).json()
+    assert r.status_code == 200
+    assert r.json()["model"] == "model-a"
+    assert [(m["id"], m["root"], m["state"]) for m in models["data"]] == [
+        ("model-a", "model-a", "ready"),
+        ("a", "model-a", "ready"),
+        ("model-b", "model-b", "asleep"),
+    ]
+
+
+async def test_backend_errors_pass_through_untouched(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", []))
+    too_long = chat("model-a", 100000)
+    direct = httpx.post(f"{fleet.url('model-a')}/v1/chat/completions", json=too_long)
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=too_long)
+    assert (
+        (r.status_code, r.content) == (direct.status_code, direct.content) == (400, direct.content)
+    )
+    assert "x-vllm-switch-error" not in r.headers
+
+
+async def test_tokenize_does_not_wake_a_sleeping_model(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post("/tokenize", json={"model": "model-a", "prompt": "hello world"})
+        d = await c.post("/detokenize", json={"model": "model-a", "tokens": r.json()["tokens"]})
+        assert proxy.state("model-a") == "asleep"
+    assert r.status_code == 200
+    assert r.json()["count"] == 2
+    assert d.json()["prompt"].strip() == "hello world" or d.status_code == 200
+    assert fleet.counters("model-a").get("wake_calls", 0) == 0
+
+
+async def test_client_disconnect_closes_the_upstream_stream(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    async with serve_proxy(config_for(fleet, MODELS)) as proxy:
+        async with (
+            httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+            c.stream(
+                "POST",
+                "/v1/chat/completions",
+                json=chat("model-a", 2000, stream=True, ignore_eos=True),
+            ) as s,
+        ):
+            assert (await anext(s.aiter_lines())).startswith("data: ")
+        async with asyncio.timeout(10):
+            while fleet.stats("model-a")["state"]["running"]:
+                await asyncio.sleep(0.01)  # poll the emulator until it saw the abort
+            while proxy.services.backends["model-a"].leases:
+                await asyncio.sleep(0.01)
+    assert fleet.counters("model-a")["requests_cancelled_by_client"] == 1
+
+
+async def test_client_disconnect_while_queued_leaves_the_switch_running(fleet: Fleet) -> None:
+    """The only waiter gives up during a slow wake; the switch completes anyway."""
+    fleet.start(("model-a", ["--emu-wake-weights-l1-s", "1.0"]), ("model-b", []))
+    async with serve_proxy(config_for(fleet, MODELS)) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=0.3) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                await c.post("/v1/chat/completions", json=chat("model-a"))
+        async with asyncio.timeout(10):
+            while proxy.state("model-a") != "ready":
+                await asyncio.sleep(0.01)
+        assert proxy.services.switcher.waiting["model-a"] == 0
+
+
+async def test_mid_stream_backend_crash_ends_the_stream_with_an_error_event(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+        c.stream(
+            "POST", "/v1/chat/completions", json=chat("model-a", 2000, stream=True, ignore_eos=True)
+        ) as s,
+    ):
+        lines = s.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        fleet.emulators["model-a"].kill()
+        events = [line[6:] async for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "upstream_unreachable"
+    assert "model-a" in err["message"]

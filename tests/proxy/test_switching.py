@@ -1,0 +1,174 @@
+"""The heart: two models on one GPU through the proxy, with real emulator processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+
+
+def sdk(url: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+
+async def test_two_models_alternate_through_the_openai_sdk(fleet: Fleet) -> None:
+    """Alternating A, B, A, B with and without streaming: each switch is 1 sleep + 1 wake."""
+    fleet.start(("model-a", []), ("model-b", []))
+    async with serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy:
+        client = sdk(proxy.url)
+        answers: dict[str, set[str]] = {"model-a": set(), "model-b": set()}
+        for i, model in enumerate(["model-a", "model-b", "model-a", "model-b"]):
+            if i % 2:
+                stream = await client.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": "Hi"}],
+                    max_tokens=6,
+                    stream=True,
+                )
+                text = "".join(
+                    [c.choices[0].delta.content or "" async for c in stream if c.choices]
+                )
+            else:
+                r = await client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=6
+                )
+                assert r.model == model
+                text = r.choices[0].message.content or ""
+            assert text
+            assert "!" not in text
+            answers[model].add(text)
+        await client.close()
+        assert all(len(texts) == 1 for texts in answers.values()), (
+            "same prompt, same model, same text"
+        )
+        assert proxy.state("model-b") == "ready"
+        assert proxy.state("model-a") == "asleep"
+    a, b = fleet.counters("model-a"), fleet.counters("model-b")
+    assert (a["sleeps_level_1"], a["wakes_weights"]) == (
+        3,
+        2,
+    )  # bootstrap sleep + two switches away
+    assert (b["sleeps_level_1"], b["wakes_weights"]) == (2, 2)
+    assert a["requests_finished_length"] == 2 + 2  # two requests + two warm-ups
+
+
+async def test_stampede_shares_one_switch(fleet: Fleet) -> None:
+    """50 concurrent first requests for a sleeping model: 1 sleep, 1 wake, 1 warm-up, 50 answers."""
+    fleet.start(("model-a", []), ("model-b", []))
+    limits = httpx.Limits(max_connections=100)
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=60, limits=limits) as c,
+    ):
+        responses = await asyncio.gather(
+            *(c.post("/v1/chat/completions", json=chat("model-a", 4)) for _ in range(50))
+        )
+    assert [r.status_code for r in responses] == [200] * 50
+    a, b = fleet.counters("model-a"), fleet.counters("model-b")
+    assert b["sleeps_level_1"] == 1
+    assert a["wake_calls"] == 1
+    assert a["requests_received"] == 51  # 50 clients + 1 warm-up
+    assert {r.headers["x-vllm-switch-model"] for r in responses} == {"model-a"}
+
+
+async def test_drain_lets_a_long_stream_finish_before_switching(fleet: Fleet) -> None:
+    """A's long stream is not aborted when B is requested; B is served once it ended."""
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    body = chat("model-a", 150, stream=True, ignore_eos=True)
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=60) as c,
+    ):
+        async with c.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            other = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b", 4)))
+            events = [line[6:] async for line in lines if line.startswith("data: ")]
+            stream_done = asyncio.get_running_loop().time()
+            assert not other.done(), "B must wait for A's stream"
+        response = await other
+        served_at = asyncio.get_running_loop().time()
+    finish = [
+        ch["finish_reason"]
+        for e in events[:-1]
+        for ch in json.loads(e)["choices"]
+        if ch.get("finish_reason")
+    ]
+    assert finish == ["length"]
+    assert events[-1] == "[DONE]"
+    assert response.status_code == 200
+    assert served_at >= stream_done
+    assert fleet.counters("model-a").get("requests_finished_abort", 0) == 0
+
+
+async def test_level2_switch_serves_real_text_after_staged_wake(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    config = config_for(fleet, [{"name": "model-a", "sleep_level": 2}, {"name": "model-b"}])
+    async with serve_proxy(config) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=60) as c:
+        texts = []
+        for model in ["model-a", "model-b", "model-a"]:
+            r = await c.post("/v1/chat/completions", json=chat(model, 8, temperature=0))
+            assert r.status_code == 200
+            if model == "model-a":
+                texts.append(r.json()["choices"][0]["message"]["content"])
+    assert texts[0] == texts[1]
+    assert "!" not in texts[0]
+    a = fleet.counters("model-a")
+    assert a["sleeps_level_2"] == 1
+    assert a["reloads"] == 2
+
+
+async def test_timing_headers_show_what_a_request_paid(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=60) as c,
+    ):
+        resident = await c.post("/v1/chat/completions", json=chat("model-b"))
+        switched = await c.post("/v1/chat/completions", json=chat("model-a"))
+    for r in (resident, switched):
+        assert {
+            "x-vllm-switch-queue-ms",
+            "x-vllm-switch-sleep-ms",
+            "x-vllm-switch-wake-ms",
+            "x-vllm-switch-warmup-ms",
+        } <= set(r.headers)
+    assert resident.headers["x-vllm-switch-wake-ms"] == "0.0"
+    assert resident.headers["x-vllm-switch-sleep-ms"] == "0.0"
+    assert switched.headers["x-vllm-switch-model"] == "model-a"
+
+
+async def test_startup_adopts_backends_and_sleeps_the_extra(fleet: Fleet) -> None:
+    """Two servers awake on a big GPU; the config allows one: the proxy sleeps the second."""
+    for name in ("model-a", "model-b"):
+        fleet.spawn(name, [*_big_gpu(fleet, name)])
+    async with serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy:
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("ready", "asleep")
+    assert httpx.get(f"{fleet.url('model-b')}/is_sleeping").json() == {"is_sleeping": True}
+
+
+def _big_gpu(fleet: Fleet, name: str) -> list[str]:
+    from tests.proxy.conftest import emu_args
+
+    return emu_args(name, fleet.ledger_dir, util=0.4)
+
+
+@pytest.mark.parametrize("max_awake", [2])
+async def test_max_awake_two_keeps_both_models_awake(fleet: Fleet, max_awake: int) -> None:
+    for name in ("model-a", "model-b"):
+        fleet.spawn(name, _big_gpu(fleet, name))
+    config = config_for(
+        fleet,
+        [{"name": "model-a"}, {"name": "model-b"}],
+        gpus=[{"name": "g0", "max_awake": max_awake}],
+    )
+    async with serve_proxy(config) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=60) as c:
+        for model in ["model-a", "model-b", "model-a"]:
+            assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
+    assert fleet.counters("model-a").get("wake_calls", 0) == 0
+    assert fleet.counters("model-b").get("sleeps_level_1", 0) == 0
