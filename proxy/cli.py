@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -26,9 +28,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(config), host=host, port=port, log_level="info", timeout_graceful_shutdown=30
+    sock = socket.create_server((host, port))  # bound first: --port 0 works, and we can say where
+    print(f"vllm-switch listening on http://{host}:{sock.getsockname()[1]}", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), log_level="info", timeout_graceful_shutdown=30)
     )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after a clean shutdown
+        server.run(sockets=[sock])
     return 0
 
 

@@ -8,6 +8,7 @@ two emulator processes and stops them by PID when the proxy exits (Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from pathlib import Path
@@ -110,7 +111,9 @@ def run_demo(host: str, port: int) -> int:
             config = demo_config(emulators, host, bound)
             server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
             print(banner(f"http://{host}:{bound}"), flush=True)  # noqa: T201
-            server.run(sockets=[sock])
+            with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+                server.run(sockets=[sock])
+            print("stopping the emulated vLLM servers ...", flush=True)  # noqa: T201
         finally:
             for emu in emulators:
                 emu.stop()

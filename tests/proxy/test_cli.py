@@ -1,0 +1,136 @@
+"""The command line as a user runs it: real processes, the synchronous openai SDK, Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+from tests.proxy.conftest import Fleet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run `vllm-switch ARGS`, wait for the line starting with `ready_prefix`, yield its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.strip().startswith(ready_prefix):
+                yield proc, line.split()[-1].removesuffix("/v1")
+                break
+        else:
+            raise AssertionError("never became ready:\n" + "".join(seen))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    config = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "gpus": [{"name": "g0"}],
+        "models": [{"name": n, "url": fleet.url(n), "gpu": "g0"} for n in ("model-a", "model-b")],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with (
+        launched(["serve", "--config", str(path)], "vllm-switch listening on") as (_, url),
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client,
+    ):
+        for model in ["model-a", "model-b", "model-a"]:
+            r = client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+            )
+            assert r.model == model
+        with pytest.raises(openai.NotFoundError) as info:
+            client.chat.completions.create(model="nope", messages=[], max_tokens=1)
+        assert "available models: model-a, model-b" in str(info.value)
+    assert fleet.counters("model-a")["wake_calls"] == 2
+
+
+def test_demo_serves_and_ctrl_c_stops_every_process() -> None:
+    with launched(["demo", "--port", "0"], "vllm-switch demo is up:") as (proc, url):
+        emulators = children(proc.pid)
+        assert len(emulators) == 2
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
+            for model in ["qwen3-0.6b", "large", "small"]:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+                )
+                assert raw.parse().choices[0].message.content
+                assert float(raw.headers["x-vllm-switch-wake-ms"]) >= 0
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert not [pid for pid in emulators if alive(pid)], "the demo must stop its emulated servers"
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "needle"),
+    [
+        ("models:\n  - name: m\n    url: http://127.0.0.1:1\n", 0, "OK - 1 model(s)"),
+        (
+            "models:\n  - name: m\n    url: http://127.0.0.1:1\n    sleep_levle: 2\n",
+            2,
+            "models.0.sleep_levle: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_check_config(tmp_path: Path, content: str, code: int, needle: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code
+    assert needle in done.stdout + done.stderr
+
+
+def test_example_config_passes_check_config() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "check-config", str(ROOT / "deploy/config.example.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
