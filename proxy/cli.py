@@ -8,20 +8,30 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy import __version__
+
+if TYPE_CHECKING:
+    from proxy.config import ProxyConfig
+
+
+def _load(path: Path) -> ProxyConfig | None:
+    from proxy.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import create_app
-    from proxy.config import ConfigError, load_config
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (config := _load(args.config)) is None:
         return 2
     host = args.host or config.host
     port = config.port if args.port is None else args.port
@@ -39,12 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from proxy.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    if (config := _load(args.config)) is None:
         return 2
     groups: dict[str, list[str]] = {}
     for m in config.models:

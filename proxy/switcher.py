@@ -254,12 +254,15 @@ class Switcher:
                 tg.create_task(self._reconcile_group(group), name=f"reconcile:{group.name}")
 
     async def _reconcile_group(self, group: _Group) -> None:
+        """Decide from /is_sleeping before anything is READY, so that no lease (and no early
+        waiter a drain would wait for) exists on a backend this start-up puts to sleep."""
         async with group.lock:
             await asyncio.gather(*(self._wait_up(b) for b in group.members))
+            asleep: dict[str, bool] = {}
             for b in group.members:
-                if b.state is BackendState.UNKNOWN:
-                    await self._adopt(b)
-            awake = [b for b in group.members if b.state is BackendState.READY]
+                if b.state is BackendState.UNKNOWN and (state := await self._probe(b)) is not None:
+                    asleep[b.name] = state
+            awake = [b for b in group.members if asleep.get(b.name) is False]
             for extra in awake[group.max_awake :]:
                 log.info(
                     "start-up: %s is awake beyond max_awake=%d of %s; putting it to sleep",
@@ -268,9 +271,17 @@ class Switcher:
                     group.name,
                 )
                 try:
-                    await self._put_to_sleep(extra)
-                except BackendUnavailableError:
-                    log.exception("start-up: could not put %s to sleep", extra.name)
+                    async with asyncio.timeout(extra.config.timeouts.sleep_s):
+                        await extra.sleep()
+                except (TimeoutError, ControlError, RuntimeError) as exc:
+                    reason = (
+                        f"sleep at start-up failed: {_describe(exc, extra.config.timeouts.sleep_s)}"
+                    )
+                    extra.mark_failed(reason, holds_memory=not await self._confirmed_asleep(extra))
+            for b in group.members:
+                if b.state is BackendState.UNKNOWN:
+                    b.set_state(BackendState.ASLEEP if asleep[b.name] else BackendState.READY)
+                log.info("start-up: %s is %s", b.name, b.state)
         group.reconciled.set()
 
     async def _wait_up(self, backend: Backend) -> None:
@@ -284,18 +295,15 @@ class Switcher:
                 return
             await asyncio.sleep(HEALTH_POLL_S)
 
-    async def _adopt(self, backend: Backend) -> None:
+    async def _probe(self, backend: Backend) -> bool | None:
+        """/is_sleeping of a backend at start-up; None (and FAILED) if it cannot say."""
         try:
             async with asyncio.timeout(backend.config.timeouts.control_s):
-                sleeping = await backend.control.is_sleeping()
+                return await backend.control.is_sleeping()
         except (TimeoutError, ControlError) as exc:
-            backend.mark_failed(
-                f"/is_sleeping failed at start-up: {_describe(exc, backend.config.timeouts.control_s)}",
-                holds_memory=True,
-            )
-            return
-        backend.set_state(BackendState.ASLEEP if sleeping else BackendState.READY)
-        log.info("start-up: %s is %s", backend.name, backend.state)
+            reason = f"/is_sleeping failed at start-up: {_describe(exc, backend.config.timeouts.control_s)}"
+            backend.mark_failed(reason, holds_memory=True)
+            return None
 
     async def close(self) -> None:
         for flight in self._flights.values():

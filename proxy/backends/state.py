@@ -1,6 +1,7 @@
 """Backend lifecycle.
 
     UNKNOWN --reconciled awake--> READY        UNKNOWN --reconciled asleep--> ASLEEP
+    UNKNOWN --awake beyond max_awake--> SLEEPING --> ASLEEP
     READY --drain + /sleep + /is_sleeping true--> ASLEEP
     ASLEEP --wake (level 1 or staged level 2) + /is_sleeping false + warm-up--> READY
     any --failed sleep, wake, warm-up or start--> FAILED   (sticky: never woken again in place)

@@ -75,6 +75,16 @@ class Fleet:
         emu.wait_listening()
         return emu
 
+    def spawn_later(self, name: str, args: Sequence[str]) -> EmulatorProcess:
+        """Start without waiting: on a port chosen now, so its URL is known while it starts."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        emu = spawn_emulator(self.workdir, args, name=name, port=port)
+        emu.port = port
+        self.emulators[name] = emu
+        return emu
+
     def url(self, name: str) -> str:
         return self.emulators[name].url
 
@@ -124,7 +134,10 @@ class RunningProxy:
 
 
 @asynccontextmanager
-async def serve_proxy(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
+async def serve_proxy(
+    config: ProxyConfig, *, reconciled: bool = True
+) -> AsyncIterator[RunningProxy]:
+    """The proxy under uvicorn; by default yields once start-up reconciliation is done."""
     app = create_app(config)
     sock = socket.create_server(("127.0.0.1", 0))
     server = uvicorn.Server(
@@ -138,8 +151,9 @@ async def serve_proxy(config: ProxyConfig) -> AsyncIterator[RunningProxy]:
             await asyncio.sleep(0.01)
     services: Services = app.state.services
     try:
-        async with asyncio.timeout(30):
-            await services.switcher.wait_reconciled()
+        if reconciled:
+            async with asyncio.timeout(30):
+                await services.switcher.wait_reconciled()
         yield RunningProxy(f"http://127.0.0.1:{sock.getsockname()[1]}", services)
     finally:
         server.should_exit = True

@@ -159,18 +159,22 @@ async def test_tokenize_does_not_wake_a_sleeping_model(fleet: Fleet) -> None:
     assert fleet.counters("model-a").get("wake_calls", 0) == 0
 
 
-async def test_client_disconnect_closes_the_upstream_stream(fleet: Fleet) -> None:
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+async def test_client_disconnect_closes_the_upstream_request(fleet: Fleet, stream: bool) -> None:
+    """The client goes away mid-generation: vLLM sees the abort, no slot or lease stays busy."""
     fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    body = chat("model-a", 2000, stream=stream, ignore_eos=True)
     async with serve_proxy(config_for(fleet, MODELS)) as proxy:
-        async with (
-            httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
-            c.stream(
-                "POST",
-                "/v1/chat/completions",
-                json=chat("model-a", 2000, stream=True, ignore_eos=True),
-            ) as s,
-        ):
-            assert (await anext(s.aiter_lines())).startswith("data: ")
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+            if stream:
+                async with c.stream("POST", "/v1/chat/completions", json=body) as s:
+                    assert (await anext(s.aiter_lines())).startswith("data: ")
+            else:
+                request = asyncio.create_task(c.post("/v1/chat/completions", json=body))
+                async with asyncio.timeout(10):
+                    while not fleet.stats("model-a")["state"]["running"]:
+                        await asyncio.sleep(0.01)  # poll until the backend is generating
+                request.cancel()
         async with asyncio.timeout(10):
             while fleet.stats("model-a")["state"]["running"]:
                 await asyncio.sleep(0.01)  # poll the emulator until it saw the abort

@@ -152,10 +152,11 @@ async def test_startup_adopts_backends_and_sleeps_the_extra(fleet: Fleet) -> Non
     assert httpx.get(f"{fleet.url('model-b')}/is_sleeping").json() == {"is_sleeping": True}
 
 
-def _big_gpu(fleet: Fleet, name: str) -> list[str]:
+def _big_gpu(fleet: Fleet, name: str, util: float = 0.4) -> list[str]:
+    """Room for every model awake at once: only the config's max_awake limits them."""
     from tests.proxy.conftest import emu_args
 
-    return emu_args(name, fleet.ledger_dir, util=0.4)
+    return emu_args(name, fleet.ledger_dir, util=util)
 
 
 @pytest.mark.parametrize("max_awake", [2])
@@ -172,3 +173,20 @@ async def test_max_awake_two_keeps_both_models_awake(fleet: Fleet, max_awake: in
             assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
     assert fleet.counters("model-a").get("wake_calls", 0) == 0
     assert fleet.counters("model-b").get("sleeps_level_1", 0) == 0
+
+
+async def test_requests_during_startup_wait_for_reconciliation(fleet: Fleet) -> None:
+    """Requests that arrive while a backend is still starting wait; nothing deadlocks when
+    start-up then puts their (extra) model to sleep."""
+    for name in ("model-a", "model-b"):
+        fleet.spawn(name, _big_gpu(fleet, name, 0.25))
+    fleet.spawn_later("model-c", [*_big_gpu(fleet, "model-c", 0.25), "--emu-startup-s", "1.5"])
+    models = [{"name": "model-a"}, {"name": "model-b"}, {"name": "model-c"}]
+    async with serve_proxy(config_for(fleet, models), reconciled=False) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+            early = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b")))
+            assert proxy.state("model-b") == "unknown"
+            r = await asyncio.wait_for(early, 20)
+        assert r.status_code == 200
+        assert proxy.state("model-b") == "ready"
+        assert [proxy.state(m) for m in ("model-a", "model-c")] == ["asleep", "asleep"]
