@@ -112,6 +112,10 @@ class UpstreamTimeoutError(ProxyError):
     code = "upstream_timeout"
 
 
+class ClientGoneError(Exception):
+    """The client disconnected before its request was answered (nothing is sent back)."""
+
+
 def sse_error(exc: ProxyError) -> bytes:
     """The event that ends a stream whose headers are already sent (vLLM frames it the same)."""
     return f"data: {json.dumps(exc.body())}\n\ndata: [DONE]\n\n".encode()

@@ -3,23 +3,24 @@
 `UpstreamResponse` owns the upstream httpx response and the backend lease for the whole
 life of the client response: whether the body ends, the backend fails mid-stream or the
 client disconnects, the upstream is closed (vLLM aborts the request: no slot stays busy) and
-the lease is released (a drain waiting on it can proceed). Bytes are never re-buffered.
+the lease is released (a drain waiting on it can proceed). Bytes are never re-buffered, and
+headers travel as raw bytes both ways (no decode/re-encode that a non-ASCII value could break).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
 import httpx
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.backends import Lease
 from proxy.errors import (
+    ClientGoneError,
     InvalidRequestError,
     PayloadTooLargeError,
     UpstreamUnreachableError,
@@ -28,19 +29,20 @@ from proxy.errors import (
 
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-_REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "authorization"}
-_RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}
+_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"authorization"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+RawHeaders = list[tuple[bytes, bytes]]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -50,19 +52,23 @@ async def read_body(request: Request, limit: int) -> bytes:
             f"request body of {declared} bytes exceeds the limit of {limit} bytes"
         )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGoneError from None
     return b"".join(chunks)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequestError(f"request body is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
     return data
@@ -72,38 +78,59 @@ def with_model(body: bytes, data: dict[str, Any], model: str) -> bytes:
     """The body as the backend must see it: original bytes unless `model` needs rewriting."""
     if data.get("model") == model:
         return body
-    return json.dumps({**data, "model": model}, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps({**data, "model": model}, separators=(",", ":")).encode()
 
 
-def request_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[str, str]:
-    headers = {k: v for k, v in incoming.items() if k.lower() not in _REQUEST_DROP}
+def request_headers(raw: RawHeaders, api_key: str | None) -> RawHeaders:
+    headers = [(k, v) for k, v in raw if k.lower() not in _REQUEST_DROP]
     if api_key:
-        headers["authorization"] = f"Bearer {api_key}"
+        headers.append((b"authorization", f"Bearer {api_key}".encode()))
     return headers
 
 
-def response_headers(upstream: httpx.Headers, extra: Mapping[str, str]) -> dict[str, str]:
-    headers = {k: v for k, v in upstream.items() if k.lower() not in _RESPONSE_DROP}
-    if upstream.get("content-type", "").startswith("text/event-stream"):
-        headers["x-accel-buffering"] = "no"  # tell nginx & co. not to buffer the stream
-    headers.update(extra)
+def response_headers(upstream: httpx.Response, extra: Mapping[str, str]) -> RawHeaders:
+    headers = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _RESPONSE_DROP]
+    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+        headers.append((b"x-accel-buffering", b"no"))  # tell nginx & co. not to buffer the stream
+    headers += [(k.encode(), v.encode()) for k, v in extra.items()]
     return headers
 
 
 class UpstreamResponse(Response):
+    """Must be constructed through `UpstreamResponse.take`, which never leaks on failure."""
+
     def __init__(
-        self, upstream: httpx.Response, lease: Lease, extra_headers: Mapping[str, str], backend: str
+        self,
+        upstream: httpx.Response,
+        release: Callable[[], None],
+        headers: RawHeaders,
+        backend: str,
     ) -> None:
         self.status_code = upstream.status_code
         self.background = None
+        self.raw_headers = headers
         self._upstream = upstream
-        self._lease = lease
+        self._release = release
         self._backend = backend
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        self.raw_headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in response_headers(upstream.headers, extra_headers).items()
-        ]
+
+    @classmethod
+    async def take(
+        cls,
+        upstream: httpx.Response,
+        release: Callable[[], None],
+        extra: Mapping[str, str],
+        backend: str,
+    ) -> UpstreamResponse:
+        """Own `upstream` and the lease from here on; if building fails, free both now."""
+        try:
+            return cls(upstream, release, response_headers(upstream, extra), backend)
+        except BaseException:
+            try:
+                await upstream.aclose()
+            finally:
+                release()
+            raise
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -121,9 +148,11 @@ class UpstreamResponse(Response):
                 tg.start_soon(stream)
                 tg.start_soon(watch_disconnect)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._upstream.aclose()
-            self._lease.release()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._upstream.aclose()
+            finally:
+                self._release()
 
     async def _stream(self, send: Send) -> None:
         await send(
@@ -133,13 +162,13 @@ class UpstreamResponse(Response):
             async for chunk in self._upstream.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
-            if self._sse:  # headers are gone: end the stream with an error event, as vLLM does
-                error = UpstreamUnreachableError(
-                    f"backend {self._backend!r} failed mid-stream: {type(exc).__name__}: {exc}"
-                )
-                await send(
-                    {"type": "http.response.body", "body": sse_error(error), "more_body": True}
-                )
+            if not self._sse:
+                raise  # abort the connection: a truncated body must not look complete
+            # headers are gone: end the stream with an error event, as vLLM does
+            error = UpstreamUnreachableError(
+                f"backend {self._backend!r} failed mid-stream: {type(exc).__name__}: {exc}"
+            )
+            await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
         except OSError:
             return  # the client is gone
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -31,7 +32,7 @@ class Services:
     backends: dict[str, Backend]
     switcher: Switcher
     by_name: dict[str, ModelConfig]
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _tasks: set[asyncio.Task[object]] = field(default_factory=set)
 
     @classmethod
     def build(
@@ -74,11 +75,15 @@ class Services:
                 param="model",
             ) from None
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        task = asyncio.create_task(self._reconcile(), name="reconcile")
+    def spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
+        """Run `work` in the background; kept referenced, cancelled at shutdown."""
+        task = asyncio.create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        self.spawn(self._reconcile(), name="reconcile")
         try:
             yield
         finally:

@@ -128,6 +128,11 @@ class Switcher:
                 while (lease := backend.try_acquire(ticket)) is None:
                     if backend.state is BackendState.FAILED:
                         raise self._failed(backend)
+                    if backend.state is BackendState.READY:
+                        # READY but draining, and this request came after the drain began:
+                        # wait for that switch to move it, then join the switch back.
+                        await backend.wait_changed()
+                        continue
                     timings = await self._flights[name]()
             return lease, timings
         except TimeoutError:
@@ -150,8 +155,12 @@ class Switcher:
         target = self._backends[name]
         group = self.group_of(name)
         await group.reconciled.wait()
+        if target.state is BackendState.READY:
+            # made READY by start-up reconciliation: its early waiters must not wait for the
+            # lock, which a switch draining this very backend (for them) may hold
+            return NO_SWITCH
         async with group.lock:
-            if target.state is BackendState.READY:
+            if target.is_ready():  # woken by a flight that held the lock before us
                 return NO_SWITCH
             if target.state is BackendState.FAILED:
                 raise self._failed(target)
@@ -256,6 +265,12 @@ class Switcher:
     async def _reconcile_group(self, group: _Group) -> None:
         """Decide from /is_sleeping before anything is READY, so that no lease (and no early
         waiter a drain would wait for) exists on a backend this start-up puts to sleep."""
+        try:
+            await self._reconcile_locked(group)
+        finally:
+            group.reconciled.set()  # whatever happened, waiters proceed (to READY or to a 503)
+
+    async def _reconcile_locked(self, group: _Group) -> None:
         async with group.lock:
             await asyncio.gather(*(self._wait_up(b) for b in group.members))
             asleep: dict[str, bool] = {}
@@ -282,15 +297,22 @@ class Switcher:
                 if b.state is BackendState.UNKNOWN:
                     b.set_state(BackendState.ASLEEP if asleep[b.name] else BackendState.READY)
                 log.info("start-up: %s is %s", b.name, b.state)
-        group.reconciled.set()
 
     async def _wait_up(self, backend: Backend) -> None:
-        deadline = time.monotonic() + backend.config.timeouts.start_s
-        while not await backend.control.health():
+        """Poll /health until the backend is up. One that never comes up is FAILED and *may hold
+        memory*: vLLM allocates GPU memory before it listens, so it blocks its group."""
+        t = backend.config.timeouts
+        deadline = time.monotonic() + t.start_s
+        while True:
+            try:
+                async with asyncio.timeout(t.control_s):
+                    if await backend.control.health():
+                        return
+            except TimeoutError:
+                pass
             if time.monotonic() > deadline:
                 backend.mark_failed(
-                    f"not reachable within {backend.config.timeouts.start_s:g}s of start-up",
-                    holds_memory=False,
+                    f"not reachable within {t.start_s:g}s of start-up", holds_memory=True
                 )
                 return
             await asyncio.sleep(HEALTH_POLL_S)

@@ -139,6 +139,13 @@ class Backend:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def is_ready(self) -> bool:
+        return self.state is BackendState.READY
+
+    async def wait_changed(self) -> None:
+        """Until the next change of state, leases or waiters."""
+        await self._changed.wait()
+
     @property
     def idle(self) -> bool:
         return self.leases == 0 and self.early_waiters == 0

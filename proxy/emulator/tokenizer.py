@@ -76,7 +76,9 @@ class FakeTokenizer:
         for piece in _PIECE.findall(text):
             known = self._index.get(piece)
             if known is None:
-                digest = hashlib.blake2b(piece.encode(), digest_size=4).digest()
+                digest = hashlib.blake2b(
+                    piece.encode("utf-8", "surrogatepass"), digest_size=4
+                ).digest()
                 known = (
                     len(SPECIALS)
                     + 1

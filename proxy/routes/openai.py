@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from proxy.backends import BackendState, Lease, WakeTimings
-from proxy.errors import BackendUnavailableError, UpstreamTimeoutError, UpstreamUnreachableError
+from proxy.backends import BackendState, WakeTimings
+from proxy.config import ModelConfig
+from proxy.errors import (
+    BackendUnavailableError,
+    ClientGoneError,
+    UpstreamTimeoutError,
+    UpstreamUnreachableError,
+)
 from proxy.forwarding import (
     UpstreamResponse,
     parse_json_object,
@@ -33,18 +39,18 @@ T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
 
 
-class ClientGoneError(Exception):
-    """The client disconnected while its request waited."""
-
-
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client disconnects first (a queued waiter leaves
-    the queue; a switch it joined goes on for the others)."""
+async def until_disconnect(
+    request: Request, work: Awaitable[T], abandon: Callable[[T], object]
+) -> T:
+    """Run `work`, giving up if the client disconnects first (a queued waiter then leaves the
+    queue; a switch it joined goes on for the others). If the work is abandoned - client gone,
+    or this handler cancelled - whatever it still produces goes to `abandon` (release a lease,
+    close a response), so nothing leaks."""
     task = asyncio.ensure_future(work)
 
     async def disconnected() -> None:
@@ -56,11 +62,14 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    raise ClientGoneError
+        if not task.done():
+            task.add_done_callback(
+                lambda t: None if t.cancelled() or t.exception() else abandon(t.result())
+            )
+            task.cancel()
+    if task.cancelled():
+        raise ClientGoneError
+    return task.result()
 
 
 def timing_headers(backend: str, queue_ms: float, t: WakeTimings) -> dict[str, str]:
@@ -74,37 +83,47 @@ def timing_headers(backend: str, queue_ms: float, t: WakeTimings) -> dict[str, s
 
 
 async def _send(
-    services: Services, request: Request, url: str, body: bytes, api_key: str | None
+    services: Services, request: Request, model: ModelConfig, path: str, body: bytes
 ) -> httpx.Response:
-    upstream = services.client.build_request(
-        "POST", url, content=body, headers=request_headers(request.headers, api_key)
-    )
-    backend = url.split("/", 3)[2]
     try:
+        upstream = services.client.build_request(
+            "POST",
+            f"{model.base_url}{path}",
+            content=body,
+            headers=request_headers(request.headers.raw, model.api_key),
+        )
         return await services.client.send(upstream, stream=True)
     except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(f"backend at {backend} timed out: {type(exc).__name__}") from exc
+        raise UpstreamTimeoutError(
+            f"backend of {model.name!r} timed out: {type(exc).__name__}"
+        ) from exc
     except httpx.HTTPError as exc:
         raise UpstreamUnreachableError(
-            f"backend at {backend} is unreachable: {type(exc).__name__}: {exc}"
+            f"backend of {model.name!r} is unreachable: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes]:
+    body = await read_body(request, services.config.limits.max_body_bytes)
+    data = parse_json_object(body)
+    model = services.resolve(data.get("model"))
+    return model, with_model(body, data, model.backend_model)
 
 
 async def forward(request: Request, path: str) -> Response:
     services = services_of(request)
     arrived = time.monotonic()
-    body = await read_body(request, services.config.limits.max_body_bytes)
-    data = parse_json_object(body)
-    model = services.resolve(data.get("model"))
-    body = with_model(body, data, model.backend_model)
     try:
-        lease, timings = await until_disconnect(request, services.switcher.lease(model.name))
+        model, body = await _parse(request, services)
+        leasing = services.switcher.lease(model.name)
+        lease, timings = await until_disconnect(request, leasing, lambda got: got[0].release())
     except ClientGoneError:
         return Response(status_code=CLIENT_CLOSED)
     queue_ms = (time.monotonic() - arrived) * 1000
     try:
+        sending = _send(services, request, model, path, body)
         upstream = await until_disconnect(
-            request, _send(services, request, f"{model.base_url}{path}", body, model.api_key)
+            request, sending, lambda r: services.spawn(r.aclose(), name="close-abandoned")
         )
     except ClientGoneError:
         lease.release()
@@ -113,29 +132,23 @@ async def forward(request: Request, path: str) -> Response:
         lease.release()
         raise
     headers = timing_headers(model.name, queue_ms, timings)
-    return UpstreamResponse(upstream, lease, headers, model.name)
+    return await UpstreamResponse.take(upstream, lease.release, headers, model.name)
 
 
 async def forward_frontend_only(request: Request, path: str) -> Response:
     """For endpoints vLLM answers without its engine: no switch, no lease."""
     services = services_of(request)
-    body = await read_body(request, services.config.limits.max_body_bytes)
-    data = parse_json_object(body)
-    model = services.resolve(data.get("model"))
+    try:
+        model, body = await _parse(request, services)
+    except ClientGoneError:
+        return Response(status_code=CLIENT_CLOSED)
     backend = services.backends[model.name]
     if backend.state is BackendState.FAILED:
         raise BackendUnavailableError(f"model {model.name!r} is unavailable: {backend.failure}")
-    body = with_model(body, data, model.backend_model)
-    upstream = await _send(services, request, f"{model.base_url}{path}", body, model.api_key)
-    return UpstreamResponse(upstream, _NoLease(), {"x-vllm-switch-model": model.name}, model.name)
-
-
-class _NoLease(Lease):
-    def __init__(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
+    upstream = await _send(services, request, model, path, body)
+    return await UpstreamResponse.take(
+        upstream, lambda: None, {"x-vllm-switch-model": model.name}, model.name
+    )
 
 
 @router.post("/v1/chat/completions")

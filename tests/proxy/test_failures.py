@@ -103,26 +103,34 @@ async def test_hung_sleep_times_out_and_fails_the_victim(fleet: Fleet) -> None:
     )
 
 
-async def test_unreachable_backend_fails_alone(fleet: Fleet) -> None:
+@pytest.mark.parametrize("same_gpu", [False, True], ids=["other-gpu", "same-gpu"])
+async def test_backend_that_never_comes_up_fails_and_blocks_only_its_gpu(
+    fleet: Fleet, same_gpu: bool
+) -> None:
+    """A vLLM that is still loading already holds GPU memory: after start_s it is FAILED and
+    nothing else may wake on its GPU; other GPU groups are unaffected."""
     fleet.start(("model-a", []), ("model-b", []))
-    models: list[dict[str, Any]] = [
-        *MODELS,
-        {
-            "name": "model-c",
-            "url": f"http://127.0.0.1:{closed_port()}",
-            "timeouts": {"start_s": 0.3},
-        },
-    ]
+    unreachable = {
+        "name": "model-c",
+        "url": f"http://127.0.0.1:{closed_port()}",
+        "gpu": "g0" if same_gpu else "g1",
+        "timeouts": {"start_s": 0.3},
+    }
+    gpus = [{"name": "g0"}, {"name": "g1"}]
     async with (
-        serve_proxy(config_for(fleet, models)) as proxy,
+        serve_proxy(config_for(fleet, [*MODELS, unreachable], gpus=gpus)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
     ):
         assert proxy.state("model-c") == "failed"
         dead = await c.post("/v1/chat/completions", json=chat("model-c"))
-        alive = await c.post("/v1/chat/completions", json=chat("model-a"))
+        other = await c.post("/v1/chat/completions", json=chat("model-a"))
     assert dead.status_code == 503
     assert "not reachable" in dead.json()["error"]["message"]
-    assert alive.status_code == 200
+    if same_gpu:
+        assert other.status_code == 503
+        assert "model-c failed and may still hold GPU memory" in other.json()["error"]["message"]
+    else:
+        assert other.status_code == 200
 
 
 async def test_failed_warm_up_puts_the_model_back_to_sleep(fleet: Fleet) -> None:

@@ -36,6 +36,7 @@ def error(r: httpx.Response) -> dict[str, object]:
         ("/v1/chat/completions", {"model": 7, "messages": []}, 400, "invalid_request", "model"),
         ("/v1/completions", b"{not json", 400, "invalid_request", None),
         ("/v1/completions", b"[1, 2]", 400, "invalid_request", None),
+        ("/v1/completions", b"[" * 100_000, 400, "invalid_request", None),
         ("/tokenize", {"prompt": "x"}, 400, "invalid_request", "model"),
     ],
     ids=[
@@ -44,6 +45,7 @@ def error(r: httpx.Response) -> dict[str, object]:
         "model-not-string",
         "malformed-json",
         "not-an-object",
+        "nested-too-deep",
         "tokenize-no-model",
     ],
 )
@@ -213,3 +215,22 @@ async def test_mid_stream_backend_crash_ends_the_stream_with_an_error_event(flee
     err = json.loads(events[-2])["error"]
     assert err["code"] == "upstream_unreachable"
     assert "model-a" in err["message"]
+
+
+async def test_odd_but_valid_input_is_forwarded(fleet: Fleet) -> None:
+    """A latin-1 header value and a lone surrogate in an aliased body are not 500s."""
+    fleet.start(("model-b", []), ("model-a", []))
+    body = b'{"model":"a","prompt":"\\ud800 hi","max_tokens":2}'
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        r = await c.post(
+            "/v1/completions",
+            content=body,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"x-title", "caf\xe9".encode("latin-1")),
+            ],
+        )
+    assert r.status_code == 200, r.text

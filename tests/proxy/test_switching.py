@@ -190,3 +190,20 @@ async def test_requests_during_startup_wait_for_reconciliation(fleet: Fleet) -> 
         assert r.status_code == 200
         assert proxy.state("model-b") == "ready"
         assert [proxy.state(m) for m in ("model-a", "model-c")] == ["asleep", "asleep"]
+
+
+async def test_early_requests_for_both_models_do_not_deadlock(fleet: Fleet) -> None:
+    """Requests for the sleeping and the awake model both arrive before start-up finished:
+    the switch to the sleeping one drains the awake one, whose own early request is served
+    first instead of waiting behind that very switch."""
+    fleet.start(("model-a", []), ("model-b", []))
+    fleet.spawn_later("model-c", [*_big_gpu(fleet, "model-c", 0.25), "--emu-startup-s", "1.5"])
+    models = [{"name": "model-a"}, {"name": "model-b"}, {"name": "model-c"}]
+    async with (
+        serve_proxy(config_for(fleet, models), reconciled=False) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        a = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-a")))
+        b = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b")))
+        ra, rb = await asyncio.wait_for(asyncio.gather(a, b), 20)
+    assert (ra.status_code, rb.status_code) == (200, 200)
