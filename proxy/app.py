@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from proxy.config import ProxyConfig
 from proxy.errors import install_exception_handlers
-from proxy.routes import openai as openai_routes
+from proxy.routes import admin as admin_routes, openai as openai_routes
 from proxy.services import Services
 
 
@@ -27,5 +27,6 @@ def create_app(
     app = FastAPI(title="vllm-switch", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.services = services
     app.include_router(openai_routes.router)
+    app.include_router(admin_routes.router)
     install_exception_handlers(app)
     return app

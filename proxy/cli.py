@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import socket
 import sys
 from pathlib import Path
@@ -33,11 +32,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if (config := _load(args.config)) is None:
         return 2
+    from proxy.logs import configure_logging
+
     host = args.host or config.host
     port = config.port if args.port is None else args.port
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.logging.format, config.logging.level)
     sock = socket.create_server((host, port))  # bound first: --port 0 works, and we can say where
     print(f"vllm-switch listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(

@@ -115,12 +115,20 @@ class LimitsConfig(_Strict):
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 429 and 503")
 
 
+class LoggingConfig(_Strict):
+    format: Literal["plain", "json"] = Field(
+        default="plain", description="json: one object per line"
+    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class ProxyConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     models: tuple[ModelConfig, ...] = Field(min_length=1)
     gpus: tuple[GpuConfig, ...] = ()
     limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _names_are_unique_and_groups_known(self) -> Self:

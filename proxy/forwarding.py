@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -96,6 +96,14 @@ def response_headers(upstream: httpx.Response, extra: Mapping[str, str]) -> RawH
     return headers
 
 
+class Observer(Protocol):
+    """Told when the first body byte went out and when the response ended (with its status)."""
+
+    def first_byte(self) -> None: ...
+
+    def finish(self, status: int, *, error: str | None = None) -> None: ...
+
+
 class UpstreamResponse(Response):
     """Must be constructed through `UpstreamResponse.take`, which never leaks on failure."""
 
@@ -105,6 +113,7 @@ class UpstreamResponse(Response):
         release: Callable[[], None],
         headers: RawHeaders,
         backend: str,
+        observer: Observer,
     ) -> None:
         self.status_code = upstream.status_code
         self.background = None
@@ -112,6 +121,7 @@ class UpstreamResponse(Response):
         self._upstream = upstream
         self._release = release
         self._backend = backend
+        self._observer = observer
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
 
     @classmethod
@@ -121,10 +131,11 @@ class UpstreamResponse(Response):
         release: Callable[[], None],
         extra: Mapping[str, str],
         backend: str,
+        observer: Observer,
     ) -> UpstreamResponse:
         """Own `upstream` and the lease from here on; if building fails, free both now."""
         try:
-            return cls(upstream, release, response_headers(upstream, extra), backend)
+            return cls(upstream, release, response_headers(upstream, extra), backend, observer)
         except BaseException:
             try:
                 await upstream.aclose()
@@ -153,6 +164,7 @@ class UpstreamResponse(Response):
                     await self._upstream.aclose()
             finally:
                 self._release()
+                self._observer.finish(self.status_code)
 
     async def _stream(self, send: Send) -> None:
         await send(
@@ -160,6 +172,7 @@ class UpstreamResponse(Response):
         )
         try:
             async for chunk in self._upstream.aiter_raw():
+                self._observer.first_byte()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
             if not self._sse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 from proxy.backends import Backend, VllmControl
 from proxy.config import ModelConfig, ProxyConfig
 from proxy.errors import InvalidRequestError, ModelNotFoundError
+from proxy.metrics import Metrics
 from proxy.switcher import Switcher
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,8 @@ class Services:
     backends: dict[str, Backend]
     switcher: Switcher
     by_name: dict[str, ModelConfig]
+    metrics: Metrics
+    started: float = field(default_factory=time.time)
     _tasks: set[asyncio.Task[object]] = field(default_factory=set)
 
     @classmethod
@@ -55,7 +59,10 @@ class Services:
         )
         backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
         by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
-        return cls(config, client, backends, Switcher(config, backends), by_name)
+        metrics = Metrics()
+        switcher = Switcher(config, backends, metrics)
+        metrics.watch(switcher.live)
+        return cls(config, client, backends, switcher, by_name, metrics)
 
     def resolve(self, model: object) -> ModelConfig:
         available = ", ".join(sorted(self.by_name))

@@ -36,6 +36,7 @@ from proxy.backends.backend import NO_SWITCH
 from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.gate import SingleFlight
+from proxy.metrics import LiveBackend, LiveGroup, Metrics
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.25
@@ -79,11 +80,29 @@ class _Group:
         self.members = members
         self.lock = asyncio.Lock()
         self.reconciled = asyncio.Event()
+        self.phase: str | None = None  # draining | sleeping | waking, while a switch runs
+        self._phase_since = 0.0
+        self._phase_limit_s = 0.0
+
+    def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
+        self.phase, self._phase_since, self._phase_limit_s = phase, time.monotonic(), limit_s
+
+    @property
+    def phase_s(self) -> float:
+        return time.monotonic() - self._phase_since if self.phase else 0.0
+
+    @property
+    def stuck(self) -> bool:
+        """The current phase outlived its own timeout (which should have ended it)."""
+        return self.phase is not None and self.phase_s > self._phase_limit_s
 
 
 class Switcher:
-    def __init__(self, config: ProxyConfig, backends: Mapping[str, Backend]) -> None:
+    def __init__(
+        self, config: ProxyConfig, backends: Mapping[str, Backend], metrics: Metrics
+    ) -> None:
         self._config = config
+        self._metrics = metrics
         self._backends = backends
         self._limits = config.limits
         by_gpu: dict[str, list[Backend]] = {}
@@ -101,6 +120,17 @@ class Switcher:
     async def wait_reconciled(self) -> None:
         for group in self._groups.values():
             await group.reconciled.wait()
+
+    def live(self) -> tuple[list[LiveBackend], list[LiveGroup]]:
+        """Snapshot for the metrics collector (read at scrape time)."""
+        backends = [
+            LiveBackend(b.name, b.config.gpu, b.state, b.leases, self.waiting[b.name])
+            for b in self._backends.values()
+        ]
+        return backends, [LiveGroup(g.name, g.lock.locked()) for g in self._groups.values()]
+
+    def groups(self) -> list[_Group]:
+        return list(self._groups.values())
 
     def group_of(self, name: str) -> _Group:
         return self._groups[self._backends[name].config.gpu]
@@ -152,6 +182,7 @@ class Switcher:
 
     # ----- the switch ------------------------------------------------------------------------------
     async def _switch_to(self, name: str) -> WakeTimings:
+        flight_started = time.monotonic()
         target = self._backends[name]
         group = self.group_of(name)
         await group.reconciled.wait()
@@ -173,25 +204,49 @@ class Switcher:
                     retry_after_s=self._limits.retry_after_s,
                 )
             started = time.monotonic()
-            sleep_ms = 0.0
-            for victim in plan.victims:
-                sleep_ms += await self._put_to_sleep(self._backends[victim])
-            wake_ms, warmup_ms = await self._wake(target)
+            victims = "+".join(plan.victims) or "none"
+            try:
+                sleep_ms = 0.0
+                for victim in plan.victims:
+                    sleep_ms += await self._put_to_sleep(self._backends[victim], group)
+                wake_ms, warmup_ms = await self._wake(target, group)
+            except BackendUnavailableError:
+                self._metrics.switches.labels(victims, name, "failed").inc()
+                raise
+            finally:
+                group.enter(None)
+                self._metrics.switching_seconds.labels(group.name).inc(time.monotonic() - started)
             target.last = WakeTimings(sleep_ms=sleep_ms, wake_ms=wake_ms, warmup_ms=warmup_ms)
             target.set_state(BackendState.READY)
+            self._metrics.switches.labels(victims, name, "ok").inc()
+            self._metrics.switch_seconds.labels(victims, name).observe(
+                time.monotonic() - flight_started
+            )
+            total_ms = round((time.monotonic() - started) * 1000, 1)
             log.info(
                 "switched %s -> %s in %.0f ms (sleep %.0f, wake %.0f, warm-up %.0f)",
-                ",".join(plan.victims) or "-",
+                victims,
                 name,
-                (time.monotonic() - started) * 1000,
+                total_ms,
                 sleep_ms,
                 wake_ms,
                 warmup_ms,
+                extra={
+                    "event": "switch",
+                    "from_model": victims,
+                    "to_model": name,
+                    "gpu": group.name,
+                    "switch_ms": total_ms,
+                    "sleep_ms": sleep_ms,
+                    "wake_ms": wake_ms,
+                    "warmup_ms": warmup_ms,
+                },
             )
             return target.last
 
-    async def _put_to_sleep(self, victim: Backend) -> float:
+    async def _put_to_sleep(self, victim: Backend, group: _Group) -> float:
         t = victim.config.timeouts
+        group.enter("draining", t.drain_s)
         try:
             async with asyncio.timeout(t.drain_s):
                 await victim.drain()
@@ -201,9 +256,14 @@ class Switcher:
                 f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching",
                 retry_after_s=self._limits.retry_after_s,
             ) from None
+        group.enter("sleeping", t.sleep_s)
         try:
             async with asyncio.timeout(t.sleep_s):
-                return await victim.sleep()
+                ms = await victim.sleep()
+            self._metrics.sleep_seconds.labels(victim.name, str(victim.config.sleep_level)).observe(
+                ms / 1000
+            )
+            return ms
         except (TimeoutError, ControlError, RuntimeError) as exc:
             reason = f"sleep failed: {_describe(exc, t.sleep_s)}"
             victim.mark_failed(reason, holds_memory=not await self._confirmed_asleep(victim))
@@ -212,14 +272,18 @@ class Switcher:
                 retry_after_s=self._limits.retry_after_s,
             ) from exc
 
-    async def _wake(self, target: Backend) -> tuple[float, float]:
+    async def _wake(self, target: Backend, group: _Group) -> tuple[float, float]:
         t = target.config.timeouts
+        level = str(target.config.sleep_level)
+        group.enter("waking", t.wake_s)
         started = time.monotonic()
         try:
             async with asyncio.timeout(t.wake_s):
                 wake_ms = await target.wake()
+            self._metrics.wake_seconds.labels(target.name, level).observe(wake_ms / 1000)
         except (TimeoutError, ControlError, RuntimeError) as exc:
             # a failed wake can leave memory mapped (vLLM 0.26 does not roll back): never trust it
+            self._metrics.wake_failures.labels(target.name, _failure_kind(exc)).inc()
             reason = f"wake failed: {_describe(exc, t.wake_s)}"
             target.mark_failed(reason, holds_memory=True)
             raise BackendUnavailableError(
@@ -229,7 +293,10 @@ class Switcher:
         try:
             async with asyncio.timeout(max(t.wake_s - (time.monotonic() - started), 0.001)):
                 warmup_ms = await target.warm_up()
+            if target.config.warmup.enabled:
+                self._metrics.warmup_seconds.labels(target.name).observe(warmup_ms / 1000)
         except (TimeoutError, ControlError) as exc:
+            self._metrics.wake_failures.labels(target.name, "warmup").inc()
             reason = f"warm-up failed: {_describe(exc, t.wake_s)}"
             released = await self._try_sleep(target)
             target.mark_failed(reason, holds_memory=not released)
@@ -330,6 +397,12 @@ class Switcher:
     async def close(self) -> None:
         for flight in self._flights.values():
             await flight.cancel()
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "oom" if "out of memory" in str(exc) else "error"
 
 
 def _describe(exc: BaseException, timeout_s: float) -> str:

@@ -82,7 +82,10 @@ class Backend:
         self.failure: str | None = None
         self.awake_since: float | None = None
         self.last_used = 0.0
-        self.last = WakeTimings()
+        self.last = WakeTimings()  # what the switch that last woke this backend cost
+        self.last_sleep_ms: float | None = None
+        self.last_wake_ms: float | None = None
+        self.last_warmup_ms: float | None = None
         self._changed = asyncio.Event()
 
     # ----- transitions -------------------------------------------------------------------------
@@ -169,7 +172,8 @@ class Backend:
             raise RuntimeError("/sleep answered 200 but /is_sleeping is false")
         self.draining = False
         self.set_state(BackendState.ASLEEP)
-        return elapsed_ms(t0)
+        self.last_sleep_ms = elapsed_ms(t0)
+        return self.last_sleep_ms
 
     async def wake(self) -> float:
         """Wake (staged for level 2) and confirm with /is_sleeping. Returns ms; not READY yet."""
@@ -179,7 +183,8 @@ class Backend:
         await self.control.wake(self.config.sleep_level)
         if await self.control.is_sleeping():
             raise RuntimeError("/wake_up answered 200 but /is_sleeping is still true")
-        return elapsed_ms(t0)
+        self.last_wake_ms = elapsed_ms(t0)
+        return self.last_wake_ms
 
     async def warm_up(self) -> float:
         """The 1-token warm-up request (if enabled). Returns ms."""
@@ -187,4 +192,5 @@ class Backend:
             return 0.0
         t0 = time.monotonic()
         await self.control.warm_up()
-        return elapsed_ms(t0)
+        self.last_warmup_ms = elapsed_ms(t0)
+        return self.last_warmup_ms

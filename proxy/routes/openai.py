@@ -9,7 +9,6 @@ backend. /tokenize and /detokenize are answered by vLLM's front end even while i
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,6 +21,7 @@ from proxy.config import ModelConfig
 from proxy.errors import (
     BackendUnavailableError,
     ClientGoneError,
+    ProxyError,
     UpstreamTimeoutError,
     UpstreamUnreachableError,
 )
@@ -32,6 +32,7 @@ from proxy.forwarding import (
     request_headers,
     with_model,
 )
+from proxy.requestlog import RequestRecord
 from proxy.services import Services
 
 router = APIRouter()
@@ -103,23 +104,43 @@ async def _send(
         ) from exc
 
 
-async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes]:
+async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes, bool]:
     body = await read_body(request, services.config.limits.max_body_bytes)
     data = parse_json_object(body)
     model = services.resolve(data.get("model"))
-    return model, with_model(body, data, model.backend_model)
+    return model, with_model(body, data, model.backend_model), bool(data.get("stream"))
+
+
+def _record(request: Request, endpoint: str) -> RequestRecord:
+    return RequestRecord(
+        services_of(request).metrics, endpoint, request.headers.get("x-request-id")
+    )
 
 
 async def forward(request: Request, path: str) -> Response:
     services = services_of(request)
-    arrived = time.monotonic()
+    record = _record(request, path)
     try:
-        model, body = await _parse(request, services)
+        return await _forward(request, services, path, record)
+    except ProxyError as exc:
+        record.rejected(exc)
+        response = exc.response()
+        response.headers["x-request-id"] = record.request_id
+        return response
+
+
+async def _forward(
+    request: Request, services: Services, path: str, record: RequestRecord
+) -> Response:
+    try:
+        model, body, record.stream = await _parse(request, services)
+        record.model = model.name
         leasing = services.switcher.lease(model.name)
         lease, timings = await until_disconnect(request, leasing, lambda got: got[0].release())
     except ClientGoneError:
+        record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
-    queue_ms = (time.monotonic() - arrived) * 1000
+    record.leased(model.name, timings)
     try:
         sending = _send(services, request, model, path, body)
         upstream = await until_disconnect(
@@ -127,28 +148,36 @@ async def forward(request: Request, path: str) -> Response:
         )
     except ClientGoneError:
         lease.release()
+        record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     except BaseException:
         lease.release()
         raise
-    headers = timing_headers(model.name, queue_ms, timings)
-    return await UpstreamResponse.take(upstream, lease.release, headers, model.name)
+    headers = timing_headers(model.name, (record.queue_s or 0) * 1000, timings) | {
+        "x-request-id": record.request_id
+    }
+    return await UpstreamResponse.take(upstream, lease.release, headers, model.name, record)
 
 
 async def forward_frontend_only(request: Request, path: str) -> Response:
     """For endpoints vLLM answers without its engine: no switch, no lease."""
     services = services_of(request)
+    record = _record(request, path)
     try:
-        model, body = await _parse(request, services)
+        model, body, _ = await _parse(request, services)
+        record.model = model.name
+        backend = services.backends[model.name]
+        if backend.state is BackendState.FAILED:
+            raise BackendUnavailableError(f"model {model.name!r} is unavailable: {backend.failure}")
+        upstream = await _send(services, request, model, path, body)
     except ClientGoneError:
+        record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
-    backend = services.backends[model.name]
-    if backend.state is BackendState.FAILED:
-        raise BackendUnavailableError(f"model {model.name!r} is unavailable: {backend.failure}")
-    upstream = await _send(services, request, model, path, body)
-    return await UpstreamResponse.take(
-        upstream, lambda: None, {"x-vllm-switch-model": model.name}, model.name
-    )
+    except ProxyError as exc:
+        record.rejected(exc)
+        raise
+    headers = {"x-vllm-switch-model": model.name, "x-request-id": record.request_id}
+    return await UpstreamResponse.take(upstream, lambda: None, headers, model.name, record)
 
 
 @router.post("/v1/chat/completions")
@@ -199,8 +228,3 @@ async def models(request: Request) -> JSONResponse:
                 }
             )
     return JSONResponse({"object": "list", "data": data})
-
-
-@router.get("/health")
-async def health() -> JSONResponse:
-    return JSONResponse({"status": "ok"})

@@ -1,0 +1,103 @@
+"""Operations surface: /health (liveness), /ready (readiness), /metrics, /admin/status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from proxy import __version__
+from proxy.backends import BackendState
+from proxy.services import Services
+
+router = APIRouter()
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def readiness(services: Services) -> list[str]:
+    """Why the proxy is not ready; empty when it is."""
+    problems = []
+    groups = services.switcher.groups()
+    if not all(g.reconciled.is_set() for g in groups):
+        problems.append("start-up: backends are still being reconciled")
+    for g in groups:
+        if g.stuck:
+            problems.append(f"gpu {g.name}: switch stuck in {g.phase} for {g.phase_s:.0f}s")
+    usable = (BackendState.READY, BackendState.ASLEEP, BackendState.SLEEPING, BackendState.WAKING)
+    if not any(b.state in usable for b in services.backends.values()):
+        problems.append("no backend is reachable")
+    return problems
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    problems = readiness(_services(request))
+    return JSONResponse(
+        {"ready": not problems, "problems": problems}, status_code=503 if problems else 200
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(_services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def status(services: Services) -> dict[str, Any]:
+    waiting = services.switcher.waiting
+    models = []
+    for b in services.backends.values():
+        c = b.config
+        models.append(
+            {
+                "name": b.name,
+                "aliases": list(c.aliases),
+                "gpu": c.gpu,
+                "url": c.base_url,
+                "sleep_level": c.sleep_level,
+                "state": b.state.value,
+                "failure": b.failure,
+                "awake_since": b.awake_since,
+                "inflight": b.leases,
+                "queue_depth": waiting[b.name],
+                "last_sleep_ms": b.last_sleep_ms,
+                "last_wake_ms": b.last_wake_ms,
+                "last_warmup_ms": b.last_warmup_ms,
+            }
+        )
+    gpus = [
+        {
+            "name": g.name,
+            "max_awake": g.max_awake,
+            "switch_in_progress": g.lock.locked(),
+            "phase": g.phase,
+            "phase_s": round(g.phase_s, 3),
+            "reconciled": g.reconciled.is_set(),
+        }
+        for g in services.switcher.groups()
+    ]
+    problems = readiness(services)
+    return {
+        "version": __version__,
+        "uptime_s": round(time.time() - services.started, 1),
+        "ready": not problems,
+        "problems": problems,
+        "gpus": gpus,
+        "models": models,
+    }
+
+
+@router.get("/admin/status")
+async def admin_status(request: Request) -> JSONResponse:
+    return JSONResponse(status(_services(request)))
