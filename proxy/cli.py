@@ -66,6 +66,12 @@ def _schema(_: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from proxy.statusview import run_status
+
+    return run_status(args.url, as_json=args.json)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo
 
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a config file and say what is wrong")
     p.add_argument("config", type=Path)
     p.set_defaults(func=_check_config)
+    p = sub.add_parser("status", help="show a running proxy's models, states and switch timings")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the proxy's base URL")
+    p.add_argument("--json", action="store_true", help="print the raw /admin/status JSON")
+    p.set_defaults(func=_status)
     p = sub.add_parser("config-schema", help="print the config's JSON schema")
     p.set_defaults(func=_schema)
     sub.add_parser(

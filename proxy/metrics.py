@@ -12,7 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -77,8 +83,14 @@ class _LiveStateCollector(Collector):
         yield from (state, inflight, queue, switching)
 
 
+WAKE_FAILURE_REASONS = ("oom", "timeout", "error", "warmup")
+REJECT_REASONS = ("queue_full", "timeout", "unavailable", "bad_input", "not_found", "too_large")
+
+
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, models: Sequence[str] = ()) -> None:
+        # the *_created series add nothing to dashboards; this is a library-wide switch
+        disable_created_metrics()
         r = self.registry = CollectorRegistry()
         self.sleep_seconds = Histogram(
             "vllm_switch_sleep_seconds",
@@ -159,6 +171,14 @@ class Metrics:
             ["gpu"],
             registry=r,
         )
+
+        for (
+            model
+        ) in models:  # zero series exist from the start, so rate() and alerts see 0, not nothing
+            for reason in WAKE_FAILURE_REASONS:
+                self.wake_failures.labels(model, reason)
+            for reason in REJECT_REASONS:
+                self.rejected.labels(model, reason)
 
     def watch(self, read: Callable[[], tuple[Sequence[LiveBackend], Sequence[LiveGroup]]]) -> None:
         self.registry.register(_LiveStateCollector(read))

@@ -59,7 +59,7 @@ class Services:
         )
         backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
         by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
-        metrics = Metrics()
+        metrics = Metrics([m.name for m in config.models])
         switcher = Switcher(config, backends, metrics)
         metrics.watch(switcher.live)
         return cls(config, client, backends, switcher, by_name, metrics)

@@ -1,0 +1,213 @@
+"""Metrics names and labels are a contract; /ready, /admin/status, the status CLI and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from proxy.config import ProxyConfig
+from proxy.logs import JsonFormatter, PlainFormatter
+from proxy.routes.admin import readiness
+from proxy.services import Services
+from proxy.statusview import run_status
+from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+
+MODELS = [{"name": "model-a"}, {"name": "model-b"}]
+
+# name -> (type, label names): the public contract listed in the README
+CONTRACT = {
+    "vllm_switch_sleep_seconds": ("histogram", {"model", "level"}),
+    "vllm_switch_wake_seconds": ("histogram", {"model", "level"}),
+    "vllm_switch_warmup_seconds": ("histogram", {"model"}),
+    "vllm_switch_switch_seconds": ("histogram", {"from_model", "to_model"}),
+    "vllm_switch_queue_wait_seconds": ("histogram", {"model"}),
+    "vllm_switch_request_seconds": ("histogram", {"model", "endpoint"}),
+    "vllm_switch_ttft_seconds": ("histogram", {"model"}),
+    "vllm_switch_requests": ("counter", {"model", "endpoint", "status"}),
+    "vllm_switch_switches": ("counter", {"from_model", "to_model", "result"}),
+    "vllm_switch_wake_failures": ("counter", {"model", "reason"}),
+    "vllm_switch_rejected": ("counter", {"model", "reason"}),
+    "vllm_switch_switching_seconds": ("counter", {"gpu"}),
+    "vllm_switch_backend_state": ("gauge", {"model", "state"}),
+    "vllm_switch_inflight_requests": ("gauge", {"model"}),
+    "vllm_switch_queue_depth": ("gauge", {"model"}),
+    "vllm_switch_switch_in_progress": ("gauge", {"gpu"}),
+}
+
+
+def families(text: str) -> dict[str, tuple[str, set[str], list[tuple[str, dict[str, str], float]]]]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name.startswith("vllm_switch_"):
+            labels = {k for s in fam.samples for k in s.labels if k not in ("le",)}
+            out[fam.name] = (fam.type, labels, [(s.name, s.labels, s.value) for s in fam.samples])
+    return out
+
+
+def value(
+    fams: dict[str, tuple[str, set[str], list[tuple[str, dict[str, str], float]]]],
+    sample: str,
+    **labels: str,
+) -> float:
+    name = sample.removesuffix("_total").removesuffix("_count")
+    for s_name, s_labels, v in fams[name][2]:
+        if s_name == sample and all(s_labels.get(k) == val for k, val in labels.items()):
+            return v
+    raise KeyError(f"{sample}{labels}")
+
+
+async def test_metrics_contract_after_a_switching_workload(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        assert (await c.post("/v1/chat/completions", json=chat("model-a"))).status_code == 200
+        async with c.stream("POST", "/v1/chat/completions", json=chat("model-b", stream=True)) as s:
+            _ = [line async for line in s.aiter_lines()]
+        assert (await c.post("/v1/chat/completions", json=chat("nope"))).status_code == 404
+        scrape = await c.get("/metrics")
+    assert scrape.headers["content-type"].startswith("text/plain")
+    fams = families(scrape.text)
+    assert {name: (t, labels) for name, (t, labels, _) in fams.items()} == CONTRACT
+    assert (
+        value(
+            fams,
+            "vllm_switch_switches_total",
+            from_model="model-b",
+            to_model="model-a",
+            result="ok",
+        )
+        == 1
+    )
+    assert (
+        value(
+            fams,
+            "vllm_switch_switches_total",
+            from_model="model-a",
+            to_model="model-b",
+            result="ok",
+        )
+        == 1
+    )
+    assert value(fams, "vllm_switch_wake_seconds_count", model="model-a", level="1") == 1
+    assert value(fams, "vllm_switch_warmup_seconds_count", model="model-b") == 1
+    assert value(fams, "vllm_switch_ttft_seconds_count", model="model-b") == 1
+    assert (
+        value(
+            fams,
+            "vllm_switch_requests_total",
+            model="model-a",
+            endpoint="/v1/chat/completions",
+            status="200",
+        )
+        == 1
+    )
+    assert value(fams, "vllm_switch_rejected_total", model="unknown", reason="not_found") == 1
+    assert value(fams, "vllm_switch_backend_state", model="model-b", state="ready") == 1
+    assert value(fams, "vllm_switch_backend_state", model="model-b", state="asleep") == 0
+    assert value(fams, "vllm_switch_switching_seconds_total", gpu="g0") > 0
+
+
+async def test_admin_status_and_the_status_cli(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        await c.post("/v1/chat/completions", json=chat("model-a"))
+        status = (await c.get("/admin/status")).json()
+        ready = await c.get("/ready")
+        console = Console(record=True, width=200)
+        code = await asyncio.to_thread(run_status, proxy.url, as_json=False, console=console)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "problems": []}
+    by_name = {m["name"]: m for m in status["models"]}
+    assert (by_name["model-a"]["state"], by_name["model-b"]["state"]) == ("ready", "asleep")
+    assert by_name["model-a"]["last_wake_ms"] > 0
+    assert by_name["model-b"]["last_sleep_ms"] > 0
+    assert status["gpus"] == [
+        {
+            "name": "g0",
+            "max_awake": 1,
+            "switch_in_progress": False,
+            "phase": None,
+            "phase_s": 0.0,
+            "reconciled": True,
+        }
+    ]
+    text = console.export_text()
+    assert code == 0
+    assert "ready" in text
+    assert "model-a" in text
+    assert "model-b" in text
+
+
+def test_status_cli_reports_an_unreachable_proxy() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    console = Console(record=True)
+    assert run_status(f"http://127.0.0.1:{port}", as_json=False, console=console) == 2
+    assert "cannot read" in console.export_text()
+
+
+def test_readiness_reports_a_stuck_switch() -> None:
+    config = ProxyConfig.model_validate({"models": [{"name": "m", "url": "http://127.0.0.1:1"}]})
+    services = Services.build(config)
+    (group,) = services.switcher.groups()
+    group.reconciled.set()
+    services.backends["m"].set_state(services.backends["m"].state.READY)
+    assert readiness(services) == []
+    group.enter("waking", 0.0)  # its own timeout has passed: whatever holds it is stuck
+    assert readiness(services) == [f"gpu {group.name}: switch stuck in waking for 0s"]
+
+
+async def test_ready_is_503_when_no_backend_is_reachable(fleet: Fleet) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ProxyConfig.model_validate(
+        {"models": [{"name": "m", "url": f"http://127.0.0.1:{port}", "timeouts": {"start_s": 0.2}}]}
+    )
+    async with serve_proxy(config) as proxy, httpx.AsyncClient(base_url=proxy.url) as c:
+        r = await c.get("/ready")
+        health = await c.get("/health")
+    assert r.status_code == 503
+    assert r.json()["problems"] == ["no backend is reachable"]
+    assert health.status_code == 200
+
+
+async def test_one_log_line_per_request_and_per_switch(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    caplog.set_level(logging.INFO)
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        r = await c.post(
+            "/v1/chat/completions", json=chat("model-a"), headers={"x-request-id": "req-42"}
+        )
+    assert r.headers["x-request-id"] == "req-42"
+    requests = [rec for rec in caplog.records if getattr(rec, "event", None) == "request"]
+    switches = [rec for rec in caplog.records if getattr(rec, "event", None) == "switch"]
+    assert len(requests) == 1
+    assert len(switches) == 1
+    line = json.loads(JsonFormatter().format(requests[0]))
+    assert (line["request_id"], line["model"], line["status"]) == ("req-42", "model-a", 200)
+    assert {"queue_ms", "sleep_ms", "wake_ms", "warmup_ms", "duration_ms"} <= set(line)
+    switch = json.loads(JsonFormatter().format(switches[0]))
+    assert (switch["from_model"], switch["to_model"]) == ("model-b", "model-a")
+    assert switch["wake_ms"] > 0
+    plain = PlainFormatter().format(switches[0])
+    assert "from_model=model-b" in plain
+    assert "to_model=model-a" in plain
