@@ -90,7 +90,7 @@ REJECT_REASONS = ("queue_full", "timeout", "unavailable", "bad_input", "not_foun
 class Metrics:
     def __init__(self, models: Sequence[str] = ()) -> None:
         # the *_created series add nothing to dashboards; this is a library-wide switch
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry = CollectorRegistry()
         self.sleep_seconds = Histogram(
             "vllm_switch_sleep_seconds",
