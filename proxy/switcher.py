@@ -27,8 +27,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from functools import partial
 
 from proxy.backends import Backend, BackendState, ControlError, Lease, WakeTimings
@@ -37,40 +36,10 @@ from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.gate import SingleFlight
 from proxy.metrics import LiveBackend, LiveGroup, Metrics
+from proxy.plan import Member, plan_switch
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.25
-
-
-@dataclass(frozen=True)
-class Member:
-    """What the plan needs to know about one backend (a snapshot)."""
-
-    name: str
-    state: BackendState
-    holds_memory: bool
-    last_used: float
-
-
-@dataclass(frozen=True)
-class Plan:
-    victims: tuple[str, ...] = ()
-    blocked_by: tuple[str, ...] = ()
-
-
-def plan_switch(target: str, members: Sequence[Member], max_awake: int) -> Plan:
-    """Pure: which members must sleep so that `target` can wake within `max_awake`."""
-    others = [m for m in members if m.name != target and m.holds_memory]
-    excess = len(others) - (max_awake - 1)
-    if excess <= 0:
-        return Plan()
-    sleepable = sorted(
-        (m for m in others if m.state is BackendState.READY), key=lambda m: m.last_used
-    )
-    if len(sleepable) < excess:
-        stuck = tuple(sorted(m.name for m in others if m.state is not BackendState.READY))
-        return Plan(blocked_by=stuck)
-    return Plan(victims=tuple(m.name for m in sleepable[:excess]))
 
 
 class _Group:
