@@ -20,6 +20,8 @@ SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, head_dim: Qwen3's published configs
     "qwen3-0.6b": (1024, 3072, 28, 16, 8, 128),
     "qwen3-1.7b": (2048, 6144, 28, 16, 8, 128),
+    # ~2.0 B parameters (4 GiB bf16): the size class of the seed's SmolVLM2-2.2B
+    "2b": (2048, 8192, 32, 16, 8, 128),
 }
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
