@@ -1,6 +1,6 @@
 """Charts for docs/benchmarks.md from bench/results/seed-*.json (matplotlib; not a runtime dependency).
 
-    python3 bench/plot_seed.py bench/results/seed-h100-20261127-util050.json docs/img
+python3 bench/plot_seed.py bench/results/seed-h100-20261127-util050.json docs/img
 """
 
 from __future__ import annotations
@@ -13,14 +13,16 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def total_chart(r: dict[str, Any], out: Path) -> None:
-    rows = [("reload every turn\n(vllm serve, ready, prompt, stop)", r["reload"]["total_s"]),
-            ("raw vLLM\nsleep + wake + warm-up", r["raw"]["total_s"]),
-            ("vllm-switch\nlevel 1 + warm-up", r["switch_l1"]["total_s"]),
-            ("vllm-switch\nlevel 2 (staged) + warm-up", r["switch_l2"]["total_s"])]
+    rows = [
+        ("reload every turn\n(vllm serve, ready, prompt, stop)", r["reload"]["total_s"]),
+        ("raw vLLM\nsleep + wake + warm-up", r["raw"]["total_s"]),
+        ("vllm-switch\nlevel 1 + warm-up", r["switch_l1"]["total_s"]),
+        ("vllm-switch\nlevel 2 (staged) + warm-up", r["switch_l2"]["total_s"]),
+    ]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     labels, values = zip(*rows, strict=True)
     bars = ax.barh(labels, values, color=["#b0b0b0", "#8fb3d9", "#2f6db5", "#5b8fd1"])
@@ -38,7 +40,12 @@ def total_chart(r: dict[str, Any], out: Path) -> None:
 
 def turns_chart(r: dict[str, Any], out: Path) -> None:
     phases = [("raw", "raw vLLM"), ("switch_l1", "vllm-switch L1"), ("switch_l2", "vllm-switch L2")]
-    parts = [("sleep_s", "sleep other", "#9e9e9e"), ("wake_s", "wake", "#2f6db5"), ("warmup_s", "warm-up", "#f2a33a"), ("prompt_s", "prompt (32 tokens)", "#4caf50")]
+    parts = [
+        ("sleep_s", "sleep other", "#9e9e9e"),
+        ("wake_s", "wake", "#2f6db5"),
+        ("warmup_s", "warm-up", "#f2a33a"),
+        ("prompt_s", "prompt (32 tokens)", "#4caf50"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), sharey=True)
     for ax, (key, title) in zip(axes, phases, strict=True):
         turns = r[key]["turns"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -64,6 +65,17 @@ class TimeoutsConfig(_Strict):
     read_s: float = Field(default=600, gt=0, description="max gap between two bytes of a response")
 
 
+class RestartConfig(_Strict):
+    max_restarts: int = Field(
+        default=5, ge=0, description="crashes tolerated within window_s; then FAILED for good"
+    )
+    window_s: float = Field(default=600, gt=0)
+    backoff_s: float = Field(
+        default=2, ge=0, description="first wait before a restart; doubles per crash"
+    )
+    max_backoff_s: float = Field(default=60, ge=0)
+
+
 class ModelConfig(_Strict):
     name: str = Field(
         pattern=NAME, max_length=256, description="matched against the request's `model`"
@@ -82,6 +94,32 @@ class ModelConfig(_Strict):
     )
     warmup: WarmupConfig = WarmupConfig()
     timeouts: TimeoutsConfig = TimeoutsConfig()
+    command: tuple[str, ...] | None = Field(
+        default=None,
+        description="argv that starts the backend so that it listens at `url`, e.g. vllm serve M --port 8001 "
+        "--enable-sleep-mode; the proxy then starts, watches, restarts and stops it (a string is split like a shell would)",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for `command`")
+    start: Literal["eager", "lazy"] = Field(
+        default="eager", description="lazy: start on the first request"
+    )
+    log_file: Path | None = Field(
+        default=None, description="where the started backend's output goes (appended)"
+    )
+    stop_grace_s: float = Field(default=30, gt=0, description="SIGTERM to SIGKILL at shutdown")
+    restart: RestartConfig = RestartConfig()
+    idle_sleep_s: float | None = Field(
+        default=None, gt=0, description="put the model to sleep after this long unused"
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value: object) -> object:
+        return tuple(shlex.split(value)) if isinstance(value, str) else value
+
+    @property
+    def supervised(self) -> bool:
+        return self.command is not None
 
     @field_validator("api_key", "served_name", mode="before")
     @classmethod

@@ -165,6 +165,12 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.restarts = Counter(
+            "vllm_switch_restarts",
+            "Crashes of supervised backends (each allows one restart after backoff).",
+            ["model"],
+            registry=r,
+        )
         self.switching_seconds = Counter(
             "vllm_switch_switching_seconds",
             "Seconds spent switching on the GPU group (rate() = fraction of time lost to switching).",
@@ -179,6 +185,7 @@ class Metrics:
                 self.wake_failures.labels(model, reason)
             for reason in REJECT_REASONS:
                 self.rejected.labels(model, reason)
+            self.restarts.labels(model)
 
     def watch(self, read: Callable[[], tuple[Sequence[LiveBackend], Sequence[LiveGroup]]]) -> None:
         self.registry.register(_LiveStateCollector(read))

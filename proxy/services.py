@@ -20,6 +20,8 @@ from proxy.backends import Backend, VllmControl
 from proxy.config import ModelConfig, ProxyConfig
 from proxy.errors import InvalidRequestError, ModelNotFoundError
 from proxy.metrics import Metrics
+from proxy.startup import start_up
+from proxy.supervisor import Supervisor
 from proxy.switcher import Switcher
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Services:
     switcher: Switcher
     by_name: dict[str, ModelConfig]
     metrics: Metrics
+    supervisor: Supervisor
     started: float = field(default_factory=time.time)
     _tasks: set[asyncio.Task[object]] = field(default_factory=set)
 
@@ -60,9 +63,10 @@ class Services:
         backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
         by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
         metrics = Metrics([m.name for m in config.models])
-        switcher = Switcher(config, backends, metrics)
+        supervisor = Supervisor(backends, metrics)
+        switcher = Switcher(config, backends, metrics, supervisor)
         metrics.watch(switcher.live)
-        return cls(config, client, backends, switcher, by_name, metrics)
+        return cls(config, client, backends, switcher, by_name, metrics, supervisor)
 
     def resolve(self, model: object) -> ModelConfig:
         available = ", ".join(sorted(self.by_name))
@@ -98,11 +102,12 @@ class Services:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.switcher.close()
+            await self.supervisor.stop_all()  # every process we started, by its process group
             await self.client.aclose()
 
     async def _reconcile(self) -> None:
         try:
-            await self.switcher.reconcile()
+            await start_up(self.switcher)
         except Exception:
             log.exception("start-up reconciliation failed")
             raise

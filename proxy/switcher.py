@@ -37,9 +37,9 @@ from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.gate import SingleFlight
 from proxy.metrics import LiveBackend, LiveGroup, Metrics
 from proxy.plan import Member, plan_switch
+from proxy.supervisor import StartError, Supervisor
 
 log = logging.getLogger(__name__)
-HEALTH_POLL_S = 0.25
 
 
 class _Group:
@@ -68,8 +68,13 @@ class _Group:
 
 class Switcher:
     def __init__(
-        self, config: ProxyConfig, backends: Mapping[str, Backend], metrics: Metrics
+        self,
+        config: ProxyConfig,
+        backends: Mapping[str, Backend],
+        metrics: Metrics,
+        supervisor: Supervisor,
     ) -> None:
+        self._supervisor = supervisor
         self._config = config
         self._metrics = metrics
         self._backends = backends
@@ -125,7 +130,10 @@ class Switcher:
         try:
             async with asyncio.timeout(self._limits.queue_timeout_s):
                 while (lease := backend.try_acquire(ticket)) is None:
-                    if backend.state is BackendState.FAILED:
+                    if (
+                        backend.state is BackendState.FAILED
+                        and self._supervisor.restart_wait(backend) != 0
+                    ):
                         raise self._failed(backend)
                     if backend.state is BackendState.READY:
                         # READY but draining, and this request came after the drain began:
@@ -144,9 +152,15 @@ class Switcher:
             self.waiting[name] -= 1
 
     def _failed(self, backend: Backend) -> BackendUnavailableError:
+        wait = self._supervisor.restart_wait(backend)
+        if wait is None:
+            return BackendUnavailableError(
+                f"model {backend.name!r} is unavailable: {backend.failure}; it needs a restart",
+                retry_after_s=self._limits.retry_after_s,
+            )
         return BackendUnavailableError(
-            f"model {backend.name!r} is unavailable: {backend.failure}; it needs a restart",
-            retry_after_s=self._limits.retry_after_s,
+            f"model {backend.name!r} is unavailable: {backend.failure}; restarting it in {wait:.0f}s",
+            retry_after_s=max(wait, 1.0),
         )
 
     # ----- the switch ------------------------------------------------------------------------------
@@ -162,7 +176,7 @@ class Switcher:
         async with group.lock:
             if target.is_ready():  # woken by a flight that held the lock before us
                 return NO_SWITCH
-            if target.state is BackendState.FAILED:
+            if target.state is BackendState.FAILED and self._supervisor.restart_wait(target) != 0:
                 raise self._failed(target)
             members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
             plan = plan_switch(name, members, group.max_awake)
@@ -178,7 +192,10 @@ class Switcher:
                 sleep_ms = 0.0
                 for victim in plan.victims:
                     sleep_ms += await self._put_to_sleep(self._backends[victim], group)
-                wake_ms, warmup_ms = await self._wake(target, group)
+                if target.state in (BackendState.STOPPED, BackendState.FAILED):
+                    wake_ms, warmup_ms = await self._start(target, group)
+                else:
+                    wake_ms, warmup_ms = await self._wake(target, group)
             except BackendUnavailableError:
                 self._metrics.switches.labels(victims, name, "failed").inc()
                 raise
@@ -255,6 +272,8 @@ class Switcher:
             self._metrics.wake_failures.labels(target.name, _failure_kind(exc)).inc()
             reason = f"wake failed: {_describe(exc, t.wake_s)}"
             target.mark_failed(reason, holds_memory=True)
+            if self._supervisor.supervises(target.name):
+                await self._supervisor.kill(target)  # only a dead process surely frees its memory
             raise BackendUnavailableError(
                 f"could not wake {target.name!r} ({reason})",
                 retry_after_s=self._limits.retry_after_s,
@@ -275,6 +294,38 @@ class Switcher:
             ) from exc
         return wake_ms, warmup_ms
 
+    async def _start(self, target: Backend, group: _Group) -> tuple[float, float]:
+        """Start a supervised backend (STOPPED, or FAILED and due for a restart), then warm up."""
+        t = target.config.timeouts
+        group.enter("starting", t.start_s)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(t.start_s):
+                await self._supervisor.start(target)
+        except (TimeoutError, StartError, ControlError, OSError) as exc:
+            reason = f"start failed: {_describe(exc, t.start_s)}"
+            target.mark_failed(reason, holds_memory=True)
+            await self._supervisor.kill(target)
+            raise BackendUnavailableError(
+                f"could not start {target.name!r} ({reason})",
+                retry_after_s=self._limits.retry_after_s,
+            ) from exc
+        start_ms = (time.monotonic() - started) * 1000
+        log.info("started %s in %.1f s", target.name, start_ms / 1000)
+        group.enter("waking", t.wake_s)
+        try:
+            async with asyncio.timeout(t.wake_s):
+                warmup_ms = await target.warm_up()
+        except (TimeoutError, ControlError) as exc:
+            reason = f"warm-up failed: {_describe(exc, t.wake_s)}"
+            target.mark_failed(reason, holds_memory=True)
+            await self._supervisor.kill(target)
+            raise BackendUnavailableError(
+                f"could not warm up {target.name!r} ({reason})",
+                retry_after_s=self._limits.retry_after_s,
+            ) from exc
+        return start_ms, warmup_ms
+
     async def _confirmed_asleep(self, backend: Backend) -> bool:
         try:
             async with asyncio.timeout(backend.config.timeouts.control_s):
@@ -291,77 +342,29 @@ class Switcher:
             return False
         return await self._confirmed_asleep(backend)
 
-    # ----- start-up ---------------------------------------------------------------------------------
-    async def reconcile(self) -> None:
-        """Adopt the backends as they are; at most max_awake stay awake per group."""
-        async with asyncio.TaskGroup() as tg:
-            for group in self._groups.values():
-                tg.create_task(self._reconcile_group(group), name=f"reconcile:{group.name}")
-
-    async def _reconcile_group(self, group: _Group) -> None:
-        """Decide from /is_sleeping before anything is READY, so that no lease (and no early
-        waiter a drain would wait for) exists on a backend this start-up puts to sleep."""
+    # ----- used by start-up (proxy/startup.py), under the group's lock ------------------------
+    async def sleep_now(self, backend: Backend) -> bool:
+        """Put a backend without leases to sleep; False (and FAILED) if that failed."""
         try:
-            await self._reconcile_locked(group)
+            async with asyncio.timeout(backend.config.timeouts.sleep_s):
+                await backend.sleep()
+            return True
+        except (TimeoutError, ControlError, RuntimeError) as exc:
+            reason = f"sleep at start-up failed: {_describe(exc, backend.config.timeouts.sleep_s)}"
+            backend.mark_failed(reason, holds_memory=not await self._confirmed_asleep(backend))
+            return False
+
+    async def start_now(self, backend: Backend, group: _Group) -> bool:
+        """Start a supervised backend and warm it up; it is READY afterwards unless this failed."""
+        try:
+            await self._start(backend, group)
+        except BackendUnavailableError:
+            log.exception("start-up: could not start %s", backend.name)
+            return False
         finally:
-            group.reconciled.set()  # whatever happened, waiters proceed (to READY or to a 503)
-
-    async def _reconcile_locked(self, group: _Group) -> None:
-        async with group.lock:
-            await asyncio.gather(*(self._wait_up(b) for b in group.members))
-            asleep: dict[str, bool] = {}
-            for b in group.members:
-                if b.state is BackendState.UNKNOWN and (state := await self._probe(b)) is not None:
-                    asleep[b.name] = state
-            awake = [b for b in group.members if asleep.get(b.name) is False]
-            for extra in awake[group.max_awake :]:
-                log.info(
-                    "start-up: %s is awake beyond max_awake=%d of %s; putting it to sleep",
-                    extra.name,
-                    group.max_awake,
-                    group.name,
-                )
-                try:
-                    async with asyncio.timeout(extra.config.timeouts.sleep_s):
-                        await extra.sleep()
-                except (TimeoutError, ControlError, RuntimeError) as exc:
-                    reason = (
-                        f"sleep at start-up failed: {_describe(exc, extra.config.timeouts.sleep_s)}"
-                    )
-                    extra.mark_failed(reason, holds_memory=not await self._confirmed_asleep(extra))
-            for b in group.members:
-                if b.state is BackendState.UNKNOWN:
-                    b.set_state(BackendState.ASLEEP if asleep[b.name] else BackendState.READY)
-                log.info("start-up: %s is %s", b.name, b.state)
-
-    async def _wait_up(self, backend: Backend) -> None:
-        """Poll /health until the backend is up. One that never comes up is FAILED and *may hold
-        memory*: vLLM allocates GPU memory before it listens, so it blocks its group."""
-        t = backend.config.timeouts
-        deadline = time.monotonic() + t.start_s
-        while True:
-            try:
-                async with asyncio.timeout(t.control_s):
-                    if await backend.control.health():
-                        return
-            except TimeoutError:
-                pass
-            if time.monotonic() > deadline:
-                backend.mark_failed(
-                    f"not reachable within {t.start_s:g}s of start-up", holds_memory=True
-                )
-                return
-            await asyncio.sleep(HEALTH_POLL_S)
-
-    async def _probe(self, backend: Backend) -> bool | None:
-        """/is_sleeping of a backend at start-up; None (and FAILED) if it cannot say."""
-        try:
-            async with asyncio.timeout(backend.config.timeouts.control_s):
-                return await backend.control.is_sleeping()
-        except (TimeoutError, ControlError) as exc:
-            reason = f"/is_sleeping failed at start-up: {_describe(exc, backend.config.timeouts.control_s)}"
-            backend.mark_failed(reason, holds_memory=True)
-            return None
+            group.enter(None)
+        backend.set_state(BackendState.READY)
+        return True
 
     async def close(self) -> None:
         for flight in self._flights.values():

@@ -96,7 +96,10 @@ class Backend:
         if new is BackendState.READY:
             self.awake_since = time.time()
             self.holds_memory = True
-        elif new is BackendState.ASLEEP:
+            self.failure = None
+        elif new is BackendState.STARTING:
+            self.holds_memory = True  # vLLM allocates GPU memory before it answers /health
+        elif new in (BackendState.STOPPED, BackendState.ASLEEP):
             self.awake_since = None
             self.holds_memory = False
         self._notify()

@@ -6,6 +6,12 @@
     ASLEEP --wake (level 1 or staged level 2) + /is_sleeping false + warm-up--> READY
     any --failed sleep, wake, warm-up or start--> FAILED   (sticky: never woken again in place)
 
+Supervised backends (a `command` in the config) also have:
+
+    STOPPED --start (own process group), /health, warm-up--> STARTING --> READY
+    FAILED --restart after backoff (the process is dead: its memory is free)--> STARTING
+    any --proxy shutdown--> STOPPED
+
 Only the Switcher drives transitions (under its GPU group's lock), and only between two awaits;
 everyone else reads snapshots.
 """
@@ -17,6 +23,8 @@ import enum
 
 class BackendState(enum.StrEnum):
     UNKNOWN = "unknown"  # not reconciled yet (proxy start-up, backend still starting)
+    STOPPED = "stopped"  # supervised, no process (lazy start, or after shutdown)
+    STARTING = "starting"  # supervised process launched, waiting for /health and warm-up
     READY = "ready"  # awake and warmed up: the only state requests are forwarded in
     SLEEPING = "sleeping"  # /sleep in progress
     ASLEEP = "asleep"
@@ -26,13 +34,30 @@ class BackendState(enum.StrEnum):
 
 ALLOWED: dict[BackendState, frozenset[BackendState]] = {
     BackendState.UNKNOWN: frozenset(
-        {BackendState.READY, BackendState.ASLEEP, BackendState.FAILED, BackendState.SLEEPING}
+        {
+            BackendState.READY,
+            BackendState.ASLEEP,
+            BackendState.FAILED,
+            BackendState.SLEEPING,
+            BackendState.STOPPED,
+            BackendState.STARTING,
+        }
     ),
-    BackendState.READY: frozenset({BackendState.SLEEPING, BackendState.FAILED}),
+    BackendState.STOPPED: frozenset({BackendState.STARTING}),
+    BackendState.STARTING: frozenset(
+        {BackendState.READY, BackendState.FAILED, BackendState.STOPPED}
+    ),
+    BackendState.READY: frozenset(
+        {BackendState.SLEEPING, BackendState.FAILED, BackendState.STOPPED}
+    ),
     BackendState.SLEEPING: frozenset(
         {BackendState.ASLEEP, BackendState.READY, BackendState.FAILED}
     ),
-    BackendState.ASLEEP: frozenset({BackendState.WAKING, BackendState.FAILED}),
+    BackendState.ASLEEP: frozenset(
+        {BackendState.WAKING, BackendState.FAILED, BackendState.STOPPED}
+    ),
     BackendState.WAKING: frozenset({BackendState.READY, BackendState.FAILED}),
-    BackendState.FAILED: frozenset(),
+    BackendState.FAILED: frozenset(
+        {BackendState.STARTING, BackendState.STOPPED}
+    ),  # supervised only
 }

@@ -35,6 +35,7 @@ CONTRACT = {
     "vllm_switch_wake_failures": ("counter", {"model", "reason"}),
     "vllm_switch_rejected": ("counter", {"model", "reason"}),
     "vllm_switch_switching_seconds": ("counter", {"gpu"}),
+    "vllm_switch_restarts": ("counter", {"model"}),
     "vllm_switch_backend_state": ("gauge", {"model", "state"}),
     "vllm_switch_inflight_requests": ("gauge", {"model"}),
     "vllm_switch_queue_depth": ("gauge", {"model"}),

@@ -1,0 +1,112 @@
+"""ManagedProcess: one backend process the proxy started - its process group, log and exit.
+
+Owns the child (started in its own session, so vLLM's engine and worker processes form one
+process group), a pump task copying its output to a log file and a ring buffer of the last lines
+(shown in /admin/status), and its exit status. Stopping signals the whole group: SIGTERM, then
+SIGKILL after a grace period; it is always reaped. Never kills anything by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ManagedProcess:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path | None,
+        *,
+        tail: int = 40,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self._env = dict(env)
+        self._log_path = log_path
+        self._tail: deque[str] = deque(maxlen=tail)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self.stopping = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    def tail(self) -> list[str]:
+        return list(self._tail)
+
+    async def start(self) -> None:
+        """Spawn with VLLM_SERVER_DEV_MODE=1 set for this child alone."""
+        env = {**os.environ, **self._env, "VLLM_SERVER_DEV_MODE": "1"}
+        self.stopping = False
+        self._tail.clear()
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.info("started %s (pid %d): %s", self.name, self._proc.pid, " ".join(self.argv))
+        self._pump = asyncio.create_task(self._copy_output(self._proc), name=f"log:{self.name}")
+
+    async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        sink = self._log_path.open("ab") if self._log_path is not None else None
+        try:
+            while line := await proc.stdout.readline():
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
+                self._tail.append(line.decode(errors="replace").rstrip())
+        finally:
+            if sink is not None:
+                sink.close()
+
+    async def wait(self) -> int:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self._pump is not None:
+            await asyncio.gather(self._pump, return_exceptions=True)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL the group now (a wedged engine; shutdown past its grace)."""
+        self.stopping = True
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+
+    async def stop(self, grace_s: float) -> int | None:
+        """SIGTERM the group, SIGKILL it after `grace_s`, reap. Returns the exit code."""
+        if self._proc is None:
+            return None
+        self.stopping = True
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                async with asyncio.timeout(grace_s):
+                    await self._proc.wait()
+            except TimeoutError:
+                self.kill()
+        return await self.wait()

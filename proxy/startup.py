@@ -1,0 +1,118 @@
+"""Start-up of every GPU group: adopt running backends, start supervised ones one at a time.
+
+Per group, under its lock (so no request switches meanwhile; requests wait for `reconciled`):
+
+  1. attached backends (a `url` only): wait for /health (never touch memory while one starts),
+     ask /is_sleeping;
+  2. supervised backends (a `command`) with `start: eager`: first put every awake attached
+     backend to sleep, then start them one after another - start, /health, warm-up, sleep -
+     so that no vLLM ever profiles memory while another on the GPU is awake (it would size its
+     KV cache wrongly or refuse to start). The last one stays awake. `start: lazy` ones stay
+     STOPPED until their first request;
+  3. at most `max_awake` stay awake; extras are put to sleep while still UNKNOWN (no leases).
+
+Decisions are made before anything is READY, so no lease and no early waiter exists on a
+backend this start-up puts to sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from proxy.backends import Backend, BackendState, ControlError
+from proxy.switcher import Switcher, _Group
+
+log = logging.getLogger(__name__)
+HEALTH_POLL_S = 0.25
+
+
+async def start_up(switcher: Switcher) -> None:
+    async with asyncio.TaskGroup() as tg:
+        for group in switcher.groups():
+            tg.create_task(_group_start_up(switcher, group), name=f"start-up:{group.name}")
+
+
+async def _group_start_up(switcher: Switcher, group: _Group) -> None:
+    try:
+        async with group.lock:
+            await _reconcile(switcher, group)
+    finally:
+        group.reconciled.set()  # whatever happened, waiters proceed (to READY or to a 503)
+
+
+async def _reconcile(switcher: Switcher, group: _Group) -> None:
+    attached = [b for b in group.members if not b.config.supervised]
+    eager = [b for b in group.members if b.config.supervised and b.config.start == "eager"]
+    for b in group.members:
+        if b.config.supervised and b.config.start == "lazy":
+            b.set_state(BackendState.STOPPED)
+    await asyncio.gather(*(_wait_up(b) for b in attached))
+    asleep: dict[str, bool] = {}
+    for b in attached:
+        if b.state is BackendState.UNKNOWN and (state := await _probe(b)) is not None:
+            asleep[b.name] = state
+    awake = [b for b in attached if asleep.get(b.name) is False]
+    keep = [] if eager else awake[: group.max_awake]
+    for extra in (b for b in awake if b not in keep):
+        log.info(
+            "start-up: putting %s to sleep (%s)",
+            extra.name,
+            "to start others" if eager else f"max_awake={group.max_awake}",
+        )
+        await switcher.sleep_now(extra)
+    for b in attached:
+        if b.state is BackendState.UNKNOWN:
+            b.set_state(BackendState.ASLEEP if asleep[b.name] else BackendState.READY)
+    await _bootstrap(switcher, group, eager)
+    for b in group.members:
+        log.info("start-up: %s is %s", b.name, b.state)
+
+
+async def _bootstrap(switcher: Switcher, group: _Group, eager: list[Backend]) -> None:
+    began = time.monotonic()
+    for i, b in enumerate(eager, start=1):
+        eta = ""
+        if i > 1:
+            per = (time.monotonic() - began) / (i - 1)
+            eta = f", about {per * (len(eager) - i + 1):.0f}s left"
+        log.info("bootstrap %s: starting %s (%d/%d%s)", group.name, b.name, i, len(eager), eta)
+        if not await switcher.start_now(b, group):
+            continue
+        if i < len(eager):  # the next one needs the memory
+            await switcher.sleep_now(b)
+    if eager:
+        log.info("bootstrap %s: done in %.0fs", group.name, time.monotonic() - began)
+
+
+async def _wait_up(backend: Backend) -> None:
+    """Poll /health until the backend is up. One that never comes up is FAILED and *may hold
+    memory*: vLLM allocates GPU memory before it listens, so it blocks its group."""
+    t = backend.config.timeouts
+    deadline = time.monotonic() + t.start_s
+    while True:
+        try:
+            async with asyncio.timeout(t.control_s):
+                if await backend.control.health():
+                    return
+        except TimeoutError:
+            pass
+        if time.monotonic() > deadline:
+            backend.mark_failed(
+                f"not reachable within {t.start_s:g}s of start-up", holds_memory=True
+            )
+            return
+        await asyncio.sleep(HEALTH_POLL_S)
+
+
+async def _probe(backend: Backend) -> bool | None:
+    """/is_sleeping of a backend at start-up; None (and FAILED) if it cannot say."""
+    t = backend.config.timeouts
+    try:
+        async with asyncio.timeout(t.control_s):
+            return await backend.control.is_sleeping()
+    except (TimeoutError, ControlError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        backend.mark_failed(f"/is_sleeping failed at start-up: {reason}", holds_memory=True)
+        return None

@@ -1,0 +1,130 @@
+"""Supervisor: backend processes the proxy starts itself (models with a `command`).
+
+Owns one ManagedProcess and one exit watcher per supervised backend, and the crash history that
+decides when - and whether - a crashed backend may start again (exponential backoff; more than
+`max_restarts` crashes within `window_s` and it stays FAILED until an operator restarts the
+proxy). Processes are started and killed only by the switcher, under their GPU group's lock, and
+stopped at shutdown. A watcher only records a crash: the backend becomes FAILED with its memory
+known to be free (its process is gone); the next request for it restarts it through a switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from proxy.backends import Backend, BackendState
+from proxy.backends.process import ManagedProcess
+from proxy.metrics import Metrics
+
+log = logging.getLogger(__name__)
+HEALTH_POLL_S = 0.25
+
+
+class StartError(Exception):
+    """A supervised backend did not come up (exited, or no /health within start_s)."""
+
+
+class Supervisor:
+    def __init__(self, backends: Mapping[str, Backend], metrics: Metrics) -> None:
+        self._backends = backends
+        self._metrics = metrics
+        self._procs = {
+            b.name: ManagedProcess(b.name, b.config.command or (), b.config.env, b.config.log_file)
+            for b in backends.values()
+            if b.config.supervised
+        }
+        self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
+        self._not_before: dict[str, float] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    def supervises(self, name: str) -> bool:
+        return name in self._procs
+
+    def process(self, name: str) -> ManagedProcess | None:
+        return self._procs.get(name)
+
+    def restarts(self, name: str) -> int:
+        return len(self._crashes.get(name, ()))
+
+    def restart_wait(self, backend: Backend) -> float | None:
+        """Seconds until `backend` may be (re)started; None if it may not (unsupervised, or a
+        crash loop), 0 if now."""
+        if backend.name not in self._procs:
+            return None
+        cfg = backend.config.restart
+        now = time.monotonic()
+        recent = [t for t in self._crashes[backend.name] if now - t <= cfg.window_s]
+        if len(recent) > cfg.max_restarts:
+            return None
+        return max(0.0, self._not_before.get(backend.name, 0.0) - now)
+
+    async def start(self, backend: Backend) -> None:
+        """Launch the process and wait for /health (bounded by the caller's timeout)."""
+        proc = self._procs[backend.name]
+        backend.set_state(BackendState.STARTING)
+        await proc.start()
+        watcher = asyncio.create_task(self._watch(backend, proc), name=f"watch:{backend.name}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        while not await backend.control.health():
+            if not proc.running:
+                tail = "\n".join(proc.tail()[-5:])
+                raise StartError(
+                    f"process exited with {proc.returncode} while starting; last output:\n{tail}"
+                )
+            await asyncio.sleep(HEALTH_POLL_S)
+
+    async def _watch(self, backend: Backend, proc: ManagedProcess) -> None:
+        code = await proc.wait()
+        if proc.stopping:
+            return
+        now = time.monotonic()
+        crashes = self._crashes[backend.name]
+        crashes.append(now)
+        cfg = backend.config.restart
+        while crashes and now - crashes[0] > cfg.window_s:
+            crashes.popleft()
+        backoff = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (len(crashes) - 1))
+        self._not_before[backend.name] = now + backoff
+        self._metrics.restarts.labels(backend.name).inc()
+        log.error(
+            "backend %s exited with %s (crash %d within %gs); restart allowed in %.0fs",
+            backend.name,
+            code,
+            len(crashes),
+            cfg.window_s,
+            backoff,
+        )
+        if backend.state is BackendState.FAILED:
+            backend.holds_memory = False  # its process is gone, and its memory with it
+        else:
+            backend.mark_failed(f"process exited with {code}", holds_memory=False)
+
+    async def kill(self, backend: Backend) -> None:
+        """Kill a backend whose engine cannot be trusted (failed wake): frees its GPU memory."""
+        proc = self._procs[backend.name]
+        proc.kill()
+        await proc.wait()
+        backend.holds_memory = False
+
+    async def stop_all(self) -> None:
+        async def stop(backend: Backend, proc: ManagedProcess) -> None:
+            code = await proc.stop(backend.config.stop_grace_s)
+            if code is not None:
+                log.info("stopped %s (exit %s)", backend.name, code)
+            if backend.state is not BackendState.STOPPED and backend.state in (
+                BackendState.READY,
+                BackendState.ASLEEP,
+                BackendState.FAILED,
+                BackendState.STARTING,
+            ):
+                backend.set_state(BackendState.STOPPED)
+
+        await asyncio.gather(*(stop(self._backends[n], p) for n, p in self._procs.items()))
+        for w in list(self._watchers):
+            w.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
