@@ -56,9 +56,10 @@ async def metrics(request: Request) -> Response:
 
 def status(services: Services) -> dict[str, Any]:
     waiting = services.switcher.waiting
-    models = []
+    models: list[dict[str, Any]] = []
     for b in services.backends.values():
         c = b.config
+        proc = services.supervisor.process(b.name)
         models.append(
             {
                 "name": b.name,
@@ -74,6 +75,15 @@ def status(services: Services) -> dict[str, Any]:
                 "last_sleep_ms": b.last_sleep_ms,
                 "last_wake_ms": b.last_wake_ms,
                 "last_warmup_ms": b.last_warmup_ms,
+                "process": None
+                if proc is None
+                else {
+                    "pid": proc.pid,
+                    "running": proc.running,
+                    "exit_code": proc.returncode,
+                    "restarts": services.supervisor.restarts(b.name),
+                    "last_lines": proc.tail()[-10:],
+                },
             }
         )
     gpus = [

@@ -1,0 +1,166 @@
+"""Backends the proxy starts itself: sequential bootstrap, crash restarts, lazy start, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from proxy.config import ProxyConfig
+from tests.proxy.conftest import chat, serve_proxy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
+    """A model whose backend the proxy starts: an emulator that fits the GPU only alone."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "emulate",
+        name,
+        "--served-model-name",
+        name,
+        "--port",
+        str(port),
+        "--enable-sleep-mode",
+        "--gpu-memory-utilization",
+        "0.55",
+        "--emu-gpu",
+        "g0",
+        "--emu-gpu-memory-gib",
+        "80",
+        "--emu-ledger-dir",
+        str(tmp / "ledger"),
+        "--emu-timing",
+        "instant",
+        "--emu-startup-s",
+        "0.3",
+    ]
+    return {
+        "name": name,
+        "url": f"http://127.0.0.1:{port}",
+        "gpu": "g0",
+        "command": command,
+        "log_file": str(tmp / f"{name}.log"),
+        "timeouts": {"start_s": 30},
+        **extra,
+    }
+
+
+def config(*models: dict[str, Any]) -> ProxyConfig:
+    return ProxyConfig.model_validate({"models": list(models), "gpus": [{"name": "g0"}]})
+
+
+def ledger(tmp: Path) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads((tmp / "ledger" / "g0.json").read_text())
+    return data
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_bootstrap_starts_one_at_a_time_and_shutdown_stops_all(tmp_path: Path) -> None:
+    """Both fit only alone: starting them concurrently would make the second refuse to start."""
+    cfg = config(supervised("model-a", tmp_path), supervised("model-b", tmp_path))
+    async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("asleep", "ready")
+        for model in ("model-a", "model-b", "model-a"):
+            assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
+        status = (await c.get("/admin/status")).json()
+        pids = [m["process"]["pid"] for m in status["models"]]
+        assert all(m["process"]["running"] for m in status["models"])
+        assert any(
+            "Starting vLLM server" in line for line in status["models"][0]["process"]["last_lines"]
+        )
+    assert not [pid for pid in pids if alive(pid)], "shutdown must stop every started backend"
+    assert ledger(tmp_path)["oom_events"] == 0
+    assert ledger(tmp_path)["peak_used_bytes"] <= 80 * 1024**3
+    assert "Starting vLLM server" in (tmp_path / "model-a.log").read_text()
+
+
+async def test_crashed_backend_is_restarted_by_the_next_request(tmp_path: Path) -> None:
+    cfg = config(
+        supervised("model-a", tmp_path), supervised("model-b", tmp_path, restart={"backoff_s": 0})
+    )
+    async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+        proc = proxy.services.supervisor.process("model-b")
+        assert proc is not None
+        assert proc.pid is not None
+        old_pid = proc.pid
+        os.killpg(old_pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while proxy.state("model-b") != "failed":
+                await asyncio.sleep(0.01)  # poll until the watcher saw the crash
+        r = await c.post("/v1/chat/completions", json=chat("model-b"))
+        assert r.status_code == 200
+        assert proc.pid != old_pid
+        metrics = (await c.get("/metrics")).text
+    assert 'vllm_switch_restarts_total{model="model-b"} 1.0' in metrics
+
+
+async def test_crash_loop_leaves_the_backend_failed(tmp_path: Path) -> None:
+    cfg = config(
+        supervised("model-a", tmp_path),
+        supervised("model-b", tmp_path, restart={"max_restarts": 0}),
+    )
+    async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+        proc = proxy.services.supervisor.process("model-b")
+        assert proc is not None
+        assert proc.pid is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while proxy.state("model-b") != "failed":
+                await asyncio.sleep(0.01)
+        r = await c.post("/v1/chat/completions", json=chat("model-b"))
+        other = await c.post("/v1/chat/completions", json=chat("model-a"))
+    assert r.status_code == 503
+    assert "needs a restart" in r.json()["error"]["message"]
+    assert other.status_code == 200, "a dead process holds no memory: the GPU stays usable"
+
+
+async def test_lazy_backend_starts_on_its_first_request(tmp_path: Path) -> None:
+    cfg = config(supervised("model-a", tmp_path), supervised("model-b", tmp_path, start="lazy"))
+    async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("ready", "stopped")
+        assert proxy.services.supervisor.process("model-b").pid is None  # type: ignore[union-attr]
+        r = await c.post("/v1/chat/completions", json=chat("model-b"))
+        assert r.status_code == 200
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("asleep", "ready")
+        assert float(r.headers["x-vllm-switch-wake-ms"]) > 0  # the start, reported as the wake
+    assert ledger(tmp_path)["oom_events"] == 0
+
+
+async def test_backend_that_exits_while_starting_fails_with_its_output(tmp_path: Path) -> None:
+    bad = supervised("model-b", tmp_path)
+    bad["command"] = [sys.executable, "-c", "print('boom: no such model'); raise SystemExit(3)"]
+    async with (
+        serve_proxy(config(supervised("model-a", tmp_path), bad)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        assert proxy.state("model-b") == "failed"
+        r = await c.post("/v1/chat/completions", json=chat("model-b"))
+        ok = await c.post("/v1/chat/completions", json=chat("model-a"))
+    assert r.status_code == 503
+    assert "exited with 3" in proxy.services.backends["model-b"].failure or "boom" in r.text  # type: ignore[operator]
+    assert ok.status_code == 200
