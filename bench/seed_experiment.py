@@ -191,19 +191,24 @@ class Bench:
         }
         path = Path(f"/tmp/seed-bench-proxy-l{level}-{'w' if warmup else 'nw'}.yaml")
         path.write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        log = path.with_suffix(".log")
+        with log.open(
+            "w"
+        ) as out:  # a file, not a pipe nobody drains (a full pipe stalls the proxy)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
         try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if "listening on" not in line:
-                raise RuntimeError(f"proxy did not start: {line}{proc.stdout.read()}")
-            url = line.split()[-1]
+            deadline = time.monotonic() + 60
+            while "listening on" not in (first := log.read_text().split("\n", 1)[0]):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"proxy did not start: {log.read_text()}")
+                time.sleep(0.05)
+            url = first.split()[-1]
             deadline = time.monotonic() + 60
             while self.http.get(f"{url}/ready").status_code != 200:
                 if time.monotonic() > deadline:
@@ -215,8 +220,8 @@ class Bench:
             proc.wait(timeout=30)
 
     def through_proxy(self, url: str, *, prime: bool = True) -> dict[str, Any]:
-        if prime:  # one untimed alternation: every model slept and woken once the configured way
-            for spec in self.specs:
+        if prime:  # two untimed alternations: every model slept and woken the configured way first
+            for spec in self.specs * 2:
                 self.prompt(url, spec.name, "prime", 1)
         turns = []
         for r, spec, prompt in self.turns():
@@ -400,6 +405,10 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     for name in ("reload", "raw", "switch_l1", "switch_l2"):
         if name in results:
             s[f"{name}_total_s"] = results[name]["total_s"]
+    if "reload" in results and "switch_l1" in results:
+        per_reload = results["reload"]["total_s"] / len(results["reload"]["turns"])
+        per_switch = results["switch_l1"]["total_s"] / len(results["switch_l1"]["turns"])
+        s["reload_over_switch_l1_per_turn"] = per_reload / per_switch
     for name in ("switch_l1", "switch_l2"):
         if (
             name in results

@@ -122,6 +122,8 @@ class UpstreamResponse(Response):
         self._release = release
         self._backend = backend
         self._observer = observer
+        self._ended: tuple[int, str | None] | None = None  # how the response ended, if not normally
+        self._body_done = False
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
 
     @classmethod
@@ -154,6 +156,10 @@ class UpstreamResponse(Response):
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
+                    if (
+                        not self._body_done
+                    ):  # (uvicorn also says "disconnect" once a response is complete)
+                        self._ended = self._ended or (499, "client_gone")
                     tg.cancel_scope.cancel()  # the client left: stop reading the backend
 
                 tg.start_soon(stream)
@@ -164,7 +170,8 @@ class UpstreamResponse(Response):
                     await self._upstream.aclose()
             finally:
                 self._release()
-                self._observer.finish(self.status_code)
+                status, error = self._ended or (self.status_code, None)
+                self._observer.finish(status, error=error)
 
     async def _stream(self, send: Send) -> None:
         await send(
@@ -175,6 +182,7 @@ class UpstreamResponse(Response):
                 self._observer.first_byte()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.HTTPError as exc:
+            self._ended = (502, "upstream_failed")
             if not self._sse:
                 raise  # abort the connection: a truncated body must not look complete
             # headers are gone: end the stream with an error event, as vLLM does
@@ -183,5 +191,7 @@ class UpstreamResponse(Response):
             )
             await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
         except OSError:
+            self._ended = self._ended or (499, "client_gone")
             return  # the client is gone
+        self._body_done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -31,13 +31,20 @@ def reject_reason(exc: ProxyError) -> str:
     return REJECT_REASONS.get(exc.code, exc.code)
 
 
+def _clean_id(value: str | None) -> str | None:
+    """A client's X-Request-Id, if it is a sane one (printable, at most 128 characters)."""
+    if value and len(value) <= 128 and value.isprintable():
+        return value
+    return None
+
+
 class RequestRecord:
     def __init__(
         self, metrics: Metrics, endpoint: str, request_id: str | None, *, stream: bool = False
     ) -> None:
         self.metrics = metrics
         self.endpoint = endpoint
-        self.request_id = request_id or secrets.token_hex(8)
+        self.request_id = _clean_id(request_id) or secrets.token_hex(8)
         self.model = UNKNOWN_MODEL
         self.stream = stream
         self.arrived = time.monotonic()
@@ -61,8 +68,9 @@ class RequestRecord:
                 )
 
     def rejected(self, exc: ProxyError) -> None:
-        reason = reject_reason(exc)
-        self.metrics.rejected.labels(self.model, reason).inc()
+        """A ProxyError answered this request; refusals (not backend failures) are counted."""
+        if exc.code not in ("upstream_unreachable", "upstream_timeout"):
+            self.metrics.rejected.labels(self.model, reject_reason(exc)).inc()
         self.finish(exc.status_code, error=exc.code)
 
     def finish(self, status: int, *, error: str | None = None) -> None:

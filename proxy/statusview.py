@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 STATE_STYLE = {
@@ -32,11 +33,8 @@ def _since(ts: float | None) -> str:
 
 
 def render(status: dict[str, Any], console: Console) -> None:
-    verdict = (
-        "[green]ready[/]"
-        if status["ready"]
-        else "[red]not ready[/]: " + "; ".join(status["problems"])
-    )
+    problems = escape("; ".join(status["problems"]))
+    verdict = "[green]ready[/]" if status["ready"] else f"[red]not ready[/]: {problems}"
     console.print(f"vllm-switch {status['version']} - up {status['uptime_s']:.0f}s - {verdict}")
     gpus = Table(title="GPU groups", title_justify="left")
     for col in ("gpu", "max awake", "switching", "phase"):
@@ -76,7 +74,7 @@ def render(status: dict[str, Any], console: Console) -> None:
     console.print(models)
     for m in status["models"]:
         if m["failure"]:
-            console.print(f"[red]{m['name']} failed:[/] {m['failure']}")
+            console.print(f"[red]{escape(m['name'])} failed:[/] {escape(m['failure'])}")
 
 
 def run_status(url: str, *, as_json: bool, console: Console | None = None) -> int:
@@ -85,7 +83,7 @@ def run_status(url: str, *, as_json: bool, console: Console | None = None) -> in
         response = httpx.get(f"{url.rstrip('/')}/admin/status", timeout=10)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        console.print(f"[red]cannot read {url}/admin/status:[/] {exc}")
+        console.print(f"[red]cannot read {escape(url)}/admin/status:[/] {escape(str(exc))}")
         return 2
     status: dict[str, Any] = response.json()
     if as_json:

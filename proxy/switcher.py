@@ -40,6 +40,7 @@ from proxy.plan import Member, plan_switch
 from proxy.supervisor import StartError, Supervisor
 
 log = logging.getLogger(__name__)
+STUCK_GRACE_S = 60.0
 
 
 class _Group:
@@ -62,8 +63,9 @@ class _Group:
 
     @property
     def stuck(self) -> bool:
-        """The current phase outlived its own timeout (which should have ended it)."""
-        return self.phase is not None and self.phase_s > self._phase_limit_s
+        """The current phase outlived its own timeout (which should have ended it) by more than
+        the cleanup a failure may still do in that phase (confirming, best-effort sleep, kill)."""
+        return self.phase is not None and self.phase_s > self._phase_limit_s + STUCK_GRACE_S
 
 
 class Switcher:
@@ -101,7 +103,12 @@ class Switcher:
             LiveBackend(b.name, b.config.gpu, b.state, b.leases, self.waiting[b.name])
             for b in self._backends.values()
         ]
-        return backends, [LiveGroup(g.name, g.lock.locked()) for g in self._groups.values()]
+        # the lock is also held by start-up (minutes with several eager backends): not a switch
+        groups = [
+            LiveGroup(g.name, g.lock.locked() and g.reconciled.is_set())
+            for g in self._groups.values()
+        ]
+        return backends, groups
 
     def groups(self) -> list[_Group]:
         return list(self._groups.values())
@@ -196,8 +203,21 @@ class Switcher:
                     wake_ms, warmup_ms = await self._start(target, group)
                 else:
                     wake_ms, warmup_ms = await self._wake(target, group)
-            except BackendUnavailableError:
+            except BackendUnavailableError as exc:
                 self._metrics.switches.labels(victims, name, "failed").inc()
+                log.warning(
+                    "switch %s -> %s failed: %s",
+                    victims,
+                    name,
+                    exc.message,
+                    extra={
+                        "event": "switch",
+                        "result": "failed",
+                        "from_model": victims,
+                        "to_model": name,
+                        "gpu": group.name,
+                    },
+                )
                 raise
             finally:
                 group.enter(None)
@@ -303,6 +323,9 @@ class Switcher:
             async with asyncio.timeout(t.start_s):
                 await self._supervisor.start(target)
         except (TimeoutError, StartError, ControlError, OSError) as exc:
+            self._metrics.wake_failures.labels(
+                target.name, "timeout" if isinstance(exc, TimeoutError) else "error"
+            ).inc()
             reason = f"start failed: {_describe(exc, t.start_s)}"
             target.mark_failed(reason, holds_memory=True)
             await self._supervisor.kill(target)
@@ -316,7 +339,10 @@ class Switcher:
         try:
             async with asyncio.timeout(t.wake_s):
                 warmup_ms = await target.warm_up()
+            if target.config.warmup.enabled:
+                self._metrics.warmup_seconds.labels(target.name).observe(warmup_ms / 1000)
         except (TimeoutError, ControlError) as exc:
+            self._metrics.wake_failures.labels(target.name, "warmup").inc()
             reason = f"warm-up failed: {_describe(exc, t.wake_s)}"
             target.mark_failed(reason, holds_memory=True)
             await self._supervisor.kill(target)

@@ -30,8 +30,19 @@ def readiness(services: Services) -> list[str]:
     for g in groups:
         if g.stuck:
             problems.append(f"gpu {g.name}: switch stuck in {g.phase} for {g.phase_s:.0f}s")
-    usable = (BackendState.READY, BackendState.ASLEEP, BackendState.SLEEPING, BackendState.WAKING)
-    if not any(b.state in usable for b in services.backends.values()):
+    usable = (
+        BackendState.READY,
+        BackendState.ASLEEP,
+        BackendState.SLEEPING,
+        BackendState.WAKING,
+        BackendState.STOPPED,
+        BackendState.STARTING,  # supervised: started on demand
+    )
+    restartable = (
+        b.state is BackendState.FAILED and services.supervisor.restart_wait(b) is not None
+        for b in services.backends.values()
+    )
+    if not any(b.state in usable for b in services.backends.values()) and not any(restartable):
         problems.append("no backend is reachable")
     return problems
 

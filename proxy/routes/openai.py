@@ -38,6 +38,10 @@ from proxy.services import Services
 router = APIRouter()
 T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
+# states in which vLLM's front end answers /tokenize and /detokenize (asleep included)
+FRONTEND_STATES = frozenset(
+    {BackendState.READY, BackendState.ASLEEP, BackendState.SLEEPING, BackendState.WAKING}
+)
 
 
 def services_of(request: Request) -> Services:
@@ -167,15 +171,21 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
         model, body, _ = await _parse(request, services)
         record.model = model.name
         backend = services.backends[model.name]
-        if backend.state is BackendState.FAILED:
-            raise BackendUnavailableError(f"model {model.name!r} is unavailable: {backend.failure}")
+        if backend.state not in FRONTEND_STATES:  # no process to answer (failed, stopped, starting)
+            detail = f": {backend.failure}" if backend.failure else ""
+            raise BackendUnavailableError(
+                f"model {model.name!r} is {backend.state.value}{detail}",
+                retry_after_s=services.config.limits.retry_after_s,
+            )
         upstream = await _send(services, request, model, path, body)
     except ClientGoneError:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     except ProxyError as exc:
         record.rejected(exc)
-        raise
+        response = exc.response()
+        response.headers["x-request-id"] = record.request_id
+        return response
     headers = {"x-vllm-switch-model": model.name, "x-request-id": record.request_id}
     return await UpstreamResponse.take(upstream, lambda: None, headers, model.name, record)
 

@@ -16,7 +16,8 @@ from proxy.config import ProxyConfig
 from proxy.logs import JsonFormatter, PlainFormatter
 from proxy.routes.admin import readiness
 from proxy.services import Services
-from proxy.statusview import run_status
+from proxy.statusview import render, run_status
+from proxy.switcher import STUCK_GRACE_S
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 MODELS = [{"name": "model-a"}, {"name": "model-b"}]
@@ -167,8 +168,84 @@ def test_readiness_reports_a_stuck_switch() -> None:
     group.reconciled.set()
     services.backends["m"].set_state(services.backends["m"].state.READY)
     assert readiness(services) == []
-    group.enter("waking", 0.0)  # its own timeout has passed: whatever holds it is stuck
+    group.enter("waking", 0.0)  # timed out just now: cleanup may still run, not stuck yet
+    assert readiness(services) == []
+    group.enter("waking", -STUCK_GRACE_S - 1)  # past its timeout and the cleanup grace
     assert readiness(services) == [f"gpu {group.name}: switch stuck in waking for 0s"]
+
+
+def test_readiness_with_only_lazy_backends_is_ready() -> None:
+    """Nothing runs yet, but the first request will start one: a load balancer must send it."""
+    config = ProxyConfig.model_validate(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "url": "http://127.0.0.1:1",
+                    "command": "vllm serve m",
+                    "start": "lazy",
+                }
+            ]
+        }
+    )
+    services = Services.build(config)
+    (group,) = services.switcher.groups()
+    group.reconciled.set()
+    services.backends["m"].set_state(services.backends["m"].state.STOPPED)
+    assert readiness(services) == []
+
+
+def test_status_view_shows_failures_verbatim() -> None:
+    status = {
+        "version": "x",
+        "uptime_s": 1,
+        "ready": False,
+        "problems": ["gpu [g0]: stuck [/oops]"],
+        "gpus": [],
+        "models": [
+            {
+                "name": "m",
+                "gpu": "g",
+                "state": "failed",
+                "inflight": 0,
+                "queue_depth": 0,
+                "awake_since": None,
+                "last_sleep_ms": None,
+                "last_wake_ms": None,
+                "last_warmup_ms": None,
+                "failure": "wake failed: [core.py:700] CUDA Error [/x]",
+            }
+        ],
+    }
+    console = Console(record=True, width=200)
+    render(status, console)
+    text = console.export_text()
+    assert "[core.py:700] CUDA Error [/x]" in text
+    assert "stuck [/oops]" in text
+
+
+async def test_a_client_that_leaves_mid_stream_counts_as_499(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    async with serve_proxy(config_for(fleet, MODELS)) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+            body = chat("model-a", 2000, stream=True, ignore_eos=True)
+            async with c.stream("POST", "/v1/chat/completions", json=body) as s:
+                assert (await anext(s.aiter_lines())).startswith("data: ")
+        async with asyncio.timeout(10):
+            while proxy.services.backends["model-a"].leases:
+                await asyncio.sleep(0.01)  # poll until the proxy finished the response
+        async with httpx.AsyncClient(base_url=proxy.url) as c:
+            fams = families((await c.get("/metrics")).text)
+    assert (
+        value(
+            fams,
+            "vllm_switch_requests_total",
+            model="model-a",
+            endpoint="/v1/chat/completions",
+            status="499",
+        )
+        == 1
+    )
 
 
 async def test_ready_is_503_when_no_backend_is_reachable(fleet: Fleet) -> None:

@@ -144,6 +144,11 @@ async def test_lazy_backend_starts_on_its_first_request(tmp_path: Path) -> None:
     async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
         assert (proxy.state("model-a"), proxy.state("model-b")) == ("ready", "stopped")
         assert proxy.services.supervisor.process("model-b").pid is None  # type: ignore[union-attr]
+        tok = await c.post(
+            "/tokenize", json={"model": "model-b", "prompt": "hi"}, headers={"x-request-id": "t-1"}
+        )
+        assert tok.status_code == 503, "no process yet to answer, and /tokenize never starts one"
+        assert tok.headers["x-request-id"] == "t-1"
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
         assert r.status_code == 200
         assert (proxy.state("model-a"), proxy.state("model-b")) == ("asleep", "ready")
