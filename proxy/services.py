@@ -95,6 +95,8 @@ class Services:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self.spawn(self._reconcile(), name="reconcile")
+        if any(m.idle_sleep_s for m in self.config.models):
+            self.spawn(self._sleep_idle_forever(), name="idle-sleep")
         try:
             yield
         finally:
@@ -104,6 +106,16 @@ class Services:
             await self.switcher.close()
             await self.supervisor.stop_all()  # every process we started, by its process group
             await self.client.aclose()
+
+    async def _sleep_idle_forever(self) -> None:
+        await self.switcher.wait_reconciled()
+        interval = min(1.0, min(m.idle_sleep_s or 1.0 for m in self.config.models) / 4)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.switcher.sleep_idle(time.monotonic())
+            except Exception:
+                log.exception("idle sleep pass failed")
 
     async def _reconcile(self) -> None:
         try:

@@ -368,6 +368,44 @@ class Switcher:
             return False
         return await self._confirmed_asleep(backend)
 
+    # ----- idle sleep -----------------------------------------------------------------------------
+    async def sleep_idle(self, now: float) -> list[str]:
+        """Put READY models unused for their `idle_sleep_s` to sleep (never while a switch runs in
+        their group, never with requests in flight or waiting). Returns the names slept."""
+        slept = []
+        for b in self._backends.values():
+            ttl = b.config.idle_sleep_s
+            if ttl is None or not self._idle_for(b, now, ttl):
+                continue
+            group = self.group_of(b.name)
+            if group.lock.locked():
+                continue
+            async with group.lock:
+                if not self._idle_for(b, time.monotonic(), ttl):  # re-check after the await
+                    continue
+                try:
+                    await self._put_to_sleep(b, group)
+                    slept.append(b.name)
+                    log.info(
+                        "put %s to sleep after %gs idle",
+                        b.name,
+                        ttl,
+                        extra={"event": "idle_sleep", "model": b.name},
+                    )
+                except BackendUnavailableError:
+                    log.exception("idle sleep of %s failed", b.name)
+                finally:
+                    group.enter(None)
+        return slept
+
+    def _idle_for(self, b: Backend, now: float, ttl: float) -> bool:
+        return (
+            b.state is BackendState.READY
+            and b.leases == 0
+            and self.waiting[b.name] == 0
+            and now - b.last_used >= ttl
+        )
+
     # ----- used by start-up (proxy/startup.py), under the group's lock ------------------------
     async def sleep_now(self, backend: Backend) -> bool:
         """Put a backend without leases to sleep; False (and FAILED) if that failed."""

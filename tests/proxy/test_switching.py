@@ -207,3 +207,26 @@ async def test_early_requests_for_both_models_do_not_deadlock(fleet: Fleet) -> N
         b = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b")))
         ra, rb = await asyncio.wait_for(asyncio.gather(a, b), 20)
     assert (ra.status_code, rb.status_code) == (200, 200)
+
+
+async def test_idle_model_is_put_to_sleep_after_its_ttl(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    models = [{"name": "model-a"}, {"name": "model-b", "idle_sleep_s": 0.3}]
+    async with (
+        serve_proxy(config_for(fleet, models)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        assert (await c.post("/v1/chat/completions", json=chat("model-b"))).status_code == 200
+        async with asyncio.timeout(10):
+            while proxy.state("model-b") != "asleep":
+                await asyncio.sleep(0.05)  # poll until the idle pass ran
+        assert proxy.state("model-a") == "asleep"
+        assert (await c.post("/v1/chat/completions", json=chat("model-a"))).status_code == 200
+        assert (
+            float(
+                (await c.post("/v1/chat/completions", json=chat("model-a"))).headers[
+                    "x-vllm-switch-sleep-ms"
+                ]
+            )
+            == 0
+        )
