@@ -71,6 +71,8 @@ class ManagedProcess:
 
     async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
+        if self._log_path is not None:
+            self._log_path.parent.mkdir(parents=True, exist_ok=True)
         sink = self._log_path.open("ab") if self._log_path is not None else None
         try:
             while line := await proc.stdout.readline():

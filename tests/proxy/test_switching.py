@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import openai
@@ -211,7 +212,7 @@ async def test_early_requests_for_both_models_do_not_deadlock(fleet: Fleet) -> N
 
 async def test_idle_model_is_put_to_sleep_after_its_ttl(fleet: Fleet) -> None:
     fleet.start(("model-a", []), ("model-b", []))
-    models = [{"name": "model-a"}, {"name": "model-b", "idle_sleep_s": 0.3}]
+    models: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b", "idle_sleep_s": 0.3}]
     async with (
         serve_proxy(config_for(fleet, models)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,

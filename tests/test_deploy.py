@@ -1,0 +1,69 @@
+"""Deployment files: compose validated by a real compose implementation, Dockerfiles linted,
+and the configs they ship load - all without a Docker engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from proxy.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def test_compose_file_is_valid_for_docker_compose() -> None:
+    done = subprocess.run(
+        [tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
+        cwd=COMPOSE.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.vllm"])
+def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    done = subprocess.run(
+        [tool("hadolint"), str(ROOT / dockerfile)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_compose_publishes_only_the_front_doors() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert services["vllm-switch"]["ports"] == ["8000:8000"]
+    devices = services["vllm-switch"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert compose["networks"]["backend"]["internal"] is True
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["vllm-switch:8000"]
+
+
+def test_compose_config_supervises_both_models_on_loopback() -> None:
+    config = load_config(ROOT / "deploy" / "config.compose.yaml")
+    assert [m.name for m in config.models] == ["qwen3-0.6b", "qwen3-1.7b"]
+    for m in config.models:
+        assert m.supervised
+        assert m.command is not None
+        assert m.command[:2] == ("vllm", "serve")
+        assert "--enable-sleep-mode" in m.command
+        port = m.command[m.command.index("--port") + 1]
+        assert m.base_url == f"http://127.0.0.1:{port}"
+        assert m.command[m.command.index("--host") + 1] == "127.0.0.1"
