@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.config import load_config
+from proxy.config import load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
@@ -67,3 +67,20 @@ def test_compose_config_supervises_both_models_on_loopback() -> None:
         port = m.command[m.command.index("--port") + 1]
         assert m.base_url == f"http://127.0.0.1:{port}"
         assert m.command[m.command.index("--host") + 1] == "127.0.0.1"
+
+
+def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
+    manifests = ROOT / "deploy" / "kubernetes" / "vllm-switch.yaml"
+    done = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", str(manifests)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = list(yaml.safe_load_all(manifests.read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    config = parse_config(config_map["data"]["config.yaml"], source="configmap")
+    assert all(m.supervised for m in config.models)
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"]["type"] == "Recreate", "two pods must never share a GPU"
