@@ -169,3 +169,21 @@ async def test_backend_that_exits_while_starting_fails_with_its_output(tmp_path:
     assert r.status_code == 503
     assert "exited with 3" in proxy.services.backends["model-b"].failure or "boom" in r.text  # type: ignore[operator]
     assert ok.status_code == 200
+
+
+async def test_requests_during_restart_backoff_get_503_with_retry_after(tmp_path: Path) -> None:
+    cfg = config(
+        supervised("model-a", tmp_path), supervised("model-b", tmp_path, restart={"backoff_s": 30})
+    )
+    async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
+        proc = proxy.services.supervisor.process("model-b")
+        assert proc is not None
+        assert proc.pid is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        async with asyncio.timeout(10):
+            while proxy.state("model-b") != "failed":
+                await asyncio.sleep(0.01)
+        r = await c.post("/v1/chat/completions", json=chat("model-b"))
+    assert r.status_code == 503
+    assert "restarting it in" in r.json()["error"]["message"]
+    assert 25 <= int(r.headers["retry-after"]) <= 30
