@@ -7,9 +7,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from proxy.auth import AuthMiddleware
 from proxy.config import ProxyConfig
 from proxy.errors import install_exception_handlers
+from proxy.metrics import UNKNOWN_MODEL
 from proxy.routes import admin as admin_routes, openai as openai_routes
 from proxy.services import Services
 
@@ -29,4 +32,15 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     install_exception_handlers(app)
+    auth = config.auth
+    if auth.cors_origins:  # none unless configured: browsers may not call the API from other sites
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(auth.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    if auth.api_keys or auth.admin_keys or not auth.metrics_public:
+        reject = services.metrics.rejected.labels(UNKNOWN_MODEL, "auth").inc
+        app.add_middleware(AuthMiddleware, auth=auth, on_reject=lambda _path: reject())
     return app

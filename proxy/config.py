@@ -144,6 +144,7 @@ class LimitsConfig(_Strict):
     max_body_bytes: int = Field(
         default=32 * 1024 * 1024, gt=0, description="larger requests get 413"
     )
+    max_json_depth: int = Field(default=64, ge=2, description="deeper JSON bodies get 400")
     queue_size: int = Field(
         default=1024, ge=1, description="requests waiting per model; more get 429"
     )
@@ -151,6 +152,28 @@ class LimitsConfig(_Strict):
         default=600, gt=0, description="longest wait for a model; then 503"
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 429 and 503")
+
+
+class AuthConfig(_Strict):
+    api_keys: tuple[str, ...] = Field(
+        default=(), description="Bearer keys for /v1, /tokenize, /detokenize; empty = open"
+    )
+    admin_keys: tuple[str, ...] = Field(
+        default=(), description="Bearer keys for /admin; empty = same as api_keys"
+    )
+    metrics_public: bool = Field(default=True, description="false: /metrics needs an admin key")
+    cors_origins: tuple[str, ...] = Field(
+        default=(), description="origins allowed by CORS; empty = no CORS headers"
+    )
+
+    @field_validator("api_keys", "admin_keys", mode="after")
+    @classmethod
+    def _no_empty_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if any(len(k) < 8 for k in keys):
+            raise ValueError(
+                "keys must be at least 8 characters (an unset ${VAR} gives an empty key)"
+            )
+        return keys
 
 
 class LoggingConfig(_Strict):
@@ -167,6 +190,7 @@ class ProxyConfig(_Strict):
     gpus: tuple[GpuConfig, ...] = ()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
     def _names_are_unique_and_groups_known(self) -> Self:
@@ -222,15 +246,31 @@ def _describe(exc: ValidationError) -> str:
     return f"{len(lines)} problem(s) in the config:\n" + "\n".join(lines)
 
 
+def _substitute_values(data: Any, env: dict[str, str] | None) -> Any:
+    """`${VAR}` in string values only: comments and keys are left alone, and a variable's value
+    can never change the YAML structure."""
+    if isinstance(data, str):
+        return substitute_env(data, env)
+    if isinstance(data, list):
+        return [_substitute_values(v, env) for v in data]
+    if isinstance(data, dict):
+        return {k: _substitute_values(v, env) for k, v in data.items()}
+    return data
+
+
 def parse_config(
     text: str, *, source: str = "<config>", env: dict[str, str] | None = None
 ) -> ProxyConfig:
     try:
-        data: Any = yaml.safe_load(substitute_env(text, env))
+        data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        data = _substitute_values(data, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         return ProxyConfig.model_validate(data)
     except ValidationError as exc:

@@ -63,7 +63,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
+def parse_json_object(body: bytes, max_depth: int = 64) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -71,7 +71,22 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
         raise InvalidRequestError(f"request body is not valid JSON: {reason}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
+    if _depth(data) > max_depth:
+        raise InvalidRequestError(f"request body is nested deeper than {max_depth} levels")
     return data
+
+
+def _depth(value: object) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
 
 
 def with_model(body: bytes, data: dict[str, Any], model: str) -> bytes:

@@ -84,7 +84,15 @@ class _LiveStateCollector(Collector):
 
 
 WAKE_FAILURE_REASONS = ("oom", "timeout", "error", "warmup")
-REJECT_REASONS = ("queue_full", "timeout", "unavailable", "bad_input", "not_found", "too_large")
+REJECT_REASONS = (
+    "queue_full",
+    "timeout",
+    "unavailable",
+    "bad_input",
+    "not_found",
+    "too_large",
+    "auth",
+)
 
 
 class Metrics:

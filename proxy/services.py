@@ -27,6 +27,7 @@ from proxy.switcher import Switcher
 log = logging.getLogger(__name__)
 # vLLM closes idle keep-alive connections after 5 s: expire ours first so none is reused half-closed
 KEEPALIVE_EXPIRY_S = 4.0
+MAX_MODEL_NAME = 256
 
 
 @dataclass
@@ -77,6 +78,10 @@ class Services:
         if not isinstance(model, str):
             raise InvalidRequestError(
                 f"`model` must be a string; available models: {available}", param="model"
+            )
+        if len(model) > MAX_MODEL_NAME:
+            raise InvalidRequestError(
+                f"`model` is longer than {MAX_MODEL_NAME} characters", param="model"
             )
         try:
             return self.by_name[model]

@@ -110,7 +110,7 @@ async def _send(
 
 async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes, bool]:
     body = await read_body(request, services.config.limits.max_body_bytes)
-    data = parse_json_object(body)
+    data = parse_json_object(body, services.config.limits.max_json_depth)
     model = services.resolve(data.get("model"))
     return model, with_model(body, data, model.backend_model), bool(data.get("stream"))
 

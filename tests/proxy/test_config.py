@@ -90,6 +90,12 @@ def test_env_substitution_for_secrets() -> None:
     assert parse_config(MINIMAL + "    api_key: ${KEY:-}\n", env={}).models[0].api_key is None
 
 
+def test_env_substitution_ignores_comments_and_keeps_structure() -> None:
+    text = MINIMAL + "    # e.g. ${NOT_SET}\n    api_key: ${KEY}\n"
+    m = parse_config(text, env={"KEY": "a: [b, c]"}).models[0]
+    assert m.api_key == "a: [b, c]", "a value stays a string, whatever it contains"
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")

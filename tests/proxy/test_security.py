@@ -1,0 +1,99 @@
+"""Client and admin API keys, CORS off by default, input limits."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from proxy.config import ConfigError, parse_config
+from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+
+CLIENT, ADMIN, BACKEND = "sk-client-0123", "sk-admin-0123", "sk-backend-0123"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_client_and_admin_keys_guard_their_paths(fleet: Fleet) -> None:
+    fleet.start(("model-b", []), ("model-a", ["--api-key", BACKEND]))
+    models: list[dict[str, Any]] = [{"name": "model-a", "api_key": BACKEND}, {"name": "model-b"}]
+    auth = {"api_keys": [CLIENT], "admin_keys": [ADMIN], "metrics_public": False}
+    async with (
+        serve_proxy(config_for(fleet, models, auth=auth)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        missing = await c.post("/v1/chat/completions", json=chat("model-a"))
+        wrong = await c.post(
+            "/v1/chat/completions", json=chat("model-a"), headers=bearer("sk-wrong-0123")
+        )
+        ok = await c.post("/v1/chat/completions", json=chat("model-a"), headers=bearer(CLIENT))
+        tokenize = await c.post("/tokenize", json={"model": "model-a", "prompt": "x"})
+        admin_with_client_key = await c.get("/admin/status", headers=bearer(CLIENT))
+        admin = await c.get("/admin/status", headers=bearer(ADMIN))
+        metrics_open = await c.get("/metrics")
+        metrics = await c.get("/metrics", headers=bearer(ADMIN))
+        probes = [(await c.get(p)).status_code for p in ("/health", "/ready")]
+    for r in (missing, wrong, tokenize, admin_with_client_key, metrics_open):
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "invalid_api_key"
+        assert CLIENT not in r.text
+        assert ADMIN not in r.text
+    assert ok.status_code == 200, "the backend got its own key, not the client's"
+    assert admin.status_code == 200
+    assert metrics.status_code == 200
+    assert 'vllm_switch_rejected_total{model="unknown",reason="auth"} 5.0' in metrics.text
+    assert probes == [200, 200]
+
+
+def test_short_or_empty_keys_are_a_config_error() -> None:
+    text = "models:\n  - name: m\n    url: http://127.0.0.1:1\nauth:\n  api_keys: ['${KEY:-}']\n"
+    with pytest.raises(ConfigError, match="at least 8 characters"):
+        parse_config(text, env={})
+
+
+@pytest.mark.parametrize("cors", [False, True], ids=["no-cors", "cors-configured"])
+async def test_cors_only_when_configured(fleet: Fleet, cors: bool) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    auth = {"cors_origins": ["https://app.example"]} if cors else {}
+    async with (
+        serve_proxy(
+            config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}], auth=auth)
+        ) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.options(
+            "/v1/chat/completions",
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+    allowed = r.headers.get("access-control-allow-origin")
+    assert allowed == ("https://app.example" if cors else None)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"model": "m" * 300, "messages": []}, "longer than 256 characters"),
+        (
+            {"model": "model-a", "messages": [], "x": json.loads("[" * 80 + "]" * 80)},
+            "nested deeper than 64 levels",
+        ),
+    ],
+    ids=["model-name-too-long", "json-too-deep"],
+)
+async def test_input_limits(fleet: Fleet, body: dict[str, Any], needle: str) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400
+    assert needle in r.json()["error"]["message"]
