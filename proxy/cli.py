@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -42,7 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), log_level="info", timeout_graceful_shutdown=30)
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after a clean shutdown
+    # uvicorn drains open requests (streams included, up to 30 s), then re-raises the signal it
+    # caught: make that re-raised SIGTERM a clean exit 0 instead of death by signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with contextlib.suppress(KeyboardInterrupt):  # the same for Ctrl-C
         server.run(sockets=[sock])
     return 0
 

@@ -273,6 +273,8 @@ class Switcher:
         except (TimeoutError, ControlError, RuntimeError) as exc:
             reason = f"sleep failed: {_describe(exc, t.sleep_s)}"
             victim.mark_failed(reason, holds_memory=not await self._confirmed_asleep(victim))
+            if victim.holds_memory and self._supervisor.supervises(victim.name):
+                await self._supervisor.kill(victim)  # a hung engine: killing it frees the GPU
             raise BackendUnavailableError(
                 f"could not put {victim.name!r} to sleep ({reason})",
                 retry_after_s=self._limits.retry_after_s,

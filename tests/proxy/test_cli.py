@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -134,3 +135,33 @@ def test_example_config_passes_check_config() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_sigterm_drains_an_open_stream_then_exits_0(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    config = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "gpus": [{"name": "g0"}],
+        "models": [{"name": n, "url": fleet.url(n), "gpu": "g0"} for n in ("model-a", "model-b")],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    body = {
+        "model": "model-a",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 150,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with (
+        launched(["serve", "--config", str(path)], "vllm-switch listening on") as (proc, url),
+        httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r,
+    ):
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        proc.send_signal(signal.SIGTERM)  # mid-stream
+        rest = [line for line in lines if line.startswith("data: ")]
+        assert proc.wait(timeout=30) == 0
+    assert rest[-1] == "data: [DONE]"
+    assert '"finish_reason":"length"' in rest[-2]

@@ -187,3 +187,29 @@ async def test_requests_during_restart_backoff_get_503_with_retry_after(tmp_path
     assert r.status_code == 503
     assert "restarting it in" in r.json()["error"]["message"]
     assert 25 <= int(r.headers["retry-after"]) <= 30
+
+
+async def test_hung_sleep_of_a_supervised_backend_kills_it_and_the_gpu_recovers(
+    tmp_path: Path,
+) -> None:
+    hung = supervised(
+        "model-b",
+        tmp_path,
+        restart={"backoff_s": 0},
+        timeouts={"start_s": 30, "sleep_s": 0.5, "control_s": 0.3},
+    )
+    hung["command"] = [*hung["command"], "--emu-fault", "hang_sleep"]
+    async with (
+        serve_proxy(config(supervised("model-a", tmp_path), hung)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        first = await c.post("/v1/chat/completions", json=chat("model-a"))
+        assert first.status_code == 503
+        assert "timed out after 0.5s" in first.json()["error"]["message"]
+        assert proxy.services.backends["model-b"].holds_memory is False, (
+            "killed: its memory is free"
+        )
+        again = await c.post("/v1/chat/completions", json=chat("model-a"))
+        assert again.status_code == 200
+        assert (await c.get("/ready")).status_code == 200
+    assert ledger(tmp_path)["oom_events"] == 0
