@@ -175,7 +175,7 @@ class Metrics:
         )
         self.restarts = Counter(
             "vllm_switch_restarts",
-            "Crashes of supervised backends (each allows one restart after backoff).",
+            "Restarts of supervised backends (after a crash, or after killing a wedged or hung engine).",
             ["model"],
             registry=r,
         )

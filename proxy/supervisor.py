@@ -40,6 +40,7 @@ class Supervisor:
         self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
         self._not_before: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
+        self._starts: dict[str, int] = dict.fromkeys(self._procs, 0)
 
     def supervises(self, name: str) -> bool:
         return name in self._procs
@@ -48,7 +49,8 @@ class Supervisor:
         return self._procs.get(name)
 
     def restarts(self, name: str) -> int:
-        return len(self._crashes.get(name, ()))
+        """Starts after the first one (after a crash, or after a kill of a wedged engine)."""
+        return max(0, self._starts.get(name, 0) - 1)
 
     def restart_wait(self, backend: Backend) -> float | None:
         """Seconds until `backend` may be (re)started; None if it may not (unsupervised, or a
@@ -66,6 +68,9 @@ class Supervisor:
         """Launch the process and wait for /health (bounded by the caller's timeout)."""
         proc = self._procs[backend.name]
         backend.set_state(BackendState.STARTING)
+        self._starts[backend.name] += 1
+        if self._starts[backend.name] > 1:
+            self._metrics.restarts.labels(backend.name).inc()
         await proc.start()
         watcher = asyncio.create_task(self._watch(backend, proc), name=f"watch:{backend.name}")
         self._watchers.add(watcher)
@@ -90,7 +95,6 @@ class Supervisor:
             crashes.popleft()
         backoff = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (len(crashes) - 1))
         self._not_before[backend.name] = now + backoff
-        self._metrics.restarts.labels(backend.name).inc()
         log.error(
             "backend %s exited with %s (crash %d within %gs); restart allowed in %.0fs",
             backend.name,
