@@ -225,7 +225,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     backends_running[name] = (await e.get(f"{u}/_emulator/stats")).json()["state"][
                         "running"
                     ]
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError, KeyError):  # down, dying or restarting
                     backends_running[name] = None
         rss_end, fds_end = rss_kib(proxy.pid), open_fds(proxy.pid)
         ledger = json.loads((tmp / "ledger" / "soak.json").read_text())
