@@ -195,6 +195,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             chaos_task = asyncio.create_task(
                 chaos(urls, random.Random(args.seed + 1), stop, faults)
             )
+            samples: list[dict[str, float]] = []
+
+            async def sample() -> None:  # RSS and descriptors over time: a plateau is not a leak
+                while not stop.is_set():
+                    samples.append(
+                        {
+                            "t_s": round(time.monotonic() - t0, 1),
+                            "rss_kib": rss_kib(proxy.pid),
+                            "fds": open_fds(proxy.pid),
+                        }
+                    )
+                    await asyncio.sleep(args.sample_s)
+
+            sampler = asyncio.create_task(sample())
             clients = [
                 asyncio.create_task(
                     client(c, random.Random(rng.random()), stop, budget, outcomes, latency)
@@ -203,7 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             await asyncio.wait(clients, timeout=args.minutes * 60)
             stop.set()
-            await asyncio.gather(*clients, chaos_task, return_exceptions=True)
+            await asyncio.gather(*clients, chaos_task, sampler, return_exceptions=True)
             elapsed = time.monotonic() - t0
             await asyncio.sleep(5)  # let closes and restarts settle before measuring leftovers
             status = (await c.get("/admin/status")).json()
@@ -255,6 +269,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "end": rss_end,
                 "growth_pct": round(100 * (rss_end - rss_start) / rss_start, 1),
             },
+            "samples": samples,
             "ledger": {
                 "oom_events": ledger["oom_events"],
                 "peak_used_gib": round(ledger["peak_used_bytes"] / 1024**3, 1),
@@ -273,6 +288,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--sample-s", type=float, default=15)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     report = asyncio.run(run(args))

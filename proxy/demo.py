@@ -9,7 +9,9 @@ two emulator processes and stops them by PID when the proxy exits (Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,7 +113,10 @@ def run_demo(host: str, port: int) -> int:
             config = demo_config(emulators, host, bound)
             server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
             print(banner(f"http://{host}:{bound}"), flush=True)  # noqa: T201
-            with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after shutdown
+            # uvicorn re-raises the signal that stopped it: make SIGTERM, like Ctrl-C, end here so
+            # that the emulated servers are stopped below instead of outliving the demo
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            with contextlib.suppress(KeyboardInterrupt, SystemExit):
                 server.run(sockets=[sock])
             print("stopping the emulated vLLM servers ...", flush=True)  # noqa: T201
         finally:

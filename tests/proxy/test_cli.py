@@ -87,7 +87,8 @@ def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path)
     assert fleet.counters("model-a")["wake_calls"] == 2
 
 
-def test_demo_serves_and_ctrl_c_stops_every_process() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_demo_serves_and_stopping_it_stops_every_process(stop: signal.Signals) -> None:
     with launched(["demo", "--port", "0"], "vllm-switch demo is up:") as (proc, url):
         emulators = children(proc.pid)
         assert len(emulators) == 2
@@ -98,7 +99,7 @@ def test_demo_serves_and_ctrl_c_stops_every_process() -> None:
                 )
                 assert raw.parse().choices[0].message.content
                 assert float(raw.headers["x-vllm-switch-wake-ms"]) >= 0
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     assert not [pid for pid in emulators if alive(pid)], "the demo must stop its emulated servers"
 
