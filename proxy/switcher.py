@@ -116,9 +116,6 @@ class Switcher:
     def group_of(self, name: str) -> _Group:
         return self._groups[self._backends[name].config.gpu]
 
-    def switch_in_progress(self, gpu: str) -> bool:
-        return self._groups[gpu].lock.locked()
-
     # ----- requests ------------------------------------------------------------------------------
     async def lease(self, name: str) -> tuple[Lease, WakeTimings]:
         """A lease on a READY backend; may wait for a switch. 429 when the queue is full, 503
@@ -325,15 +322,9 @@ class Switcher:
             async with asyncio.timeout(t.start_s):
                 await self._supervisor.start(target)
         except (TimeoutError, StartError, ControlError, OSError) as exc:
-            self._metrics.wake_failures.labels(
-                target.name, "timeout" if isinstance(exc, TimeoutError) else "error"
-            ).inc()
-            reason = f"start failed: {_describe(exc, t.start_s)}"
-            target.mark_failed(reason, holds_memory=True)
-            await self._supervisor.kill(target)
-            raise BackendUnavailableError(
-                f"could not start {target.name!r} ({reason})",
-                retry_after_s=self._limits.retry_after_s,
+            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
+            raise await self._abandon_start(
+                target, kind, f"start failed: {_describe(exc, t.start_s)}"
             ) from exc
         start_ms = (time.monotonic() - started) * 1000
         log.info("started %s in %.1f s", target.name, start_ms / 1000)
@@ -344,15 +335,22 @@ class Switcher:
             if target.config.warmup.enabled:
                 self._metrics.warmup_seconds.labels(target.name).observe(warmup_ms / 1000)
         except (TimeoutError, ControlError) as exc:
-            self._metrics.wake_failures.labels(target.name, "warmup").inc()
-            reason = f"warm-up failed: {_describe(exc, t.wake_s)}"
-            target.mark_failed(reason, holds_memory=True)
-            await self._supervisor.kill(target)
-            raise BackendUnavailableError(
-                f"could not warm up {target.name!r} ({reason})",
-                retry_after_s=self._limits.retry_after_s,
+            raise await self._abandon_start(
+                target, "warmup", f"warm-up failed: {_describe(exc, t.wake_s)}"
             ) from exc
         return start_ms, warmup_ms
+
+    async def _abandon_start(
+        self, target: Backend, kind: str, reason: str
+    ) -> BackendUnavailableError:
+        """A start or its warm-up failed: count it, mark the backend failed, kill its process
+        (only a dead process surely frees its memory) and return the error for the waiters."""
+        self._metrics.wake_failures.labels(target.name, kind).inc()
+        target.mark_failed(reason, holds_memory=True)
+        await self._supervisor.kill(target)
+        return BackendUnavailableError(
+            f"could not start {target.name!r} ({reason})", retry_after_s=self._limits.retry_after_s
+        )
 
     async def _confirmed_asleep(self, backend: Backend) -> bool:
         try:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import httpx
 import pytest
 
 from tests.emulator.conftest import Spawn
-from tests.processes import emulator_stats
+from tests.processes import emulator_stats, free_port
 
 HANG_S = 1.0
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_connection_refused_until_started(spawn: Spawn) -> None:

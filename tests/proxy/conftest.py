@@ -26,7 +26,7 @@ from proxy.app import create_app
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, spawn_emulator
 from proxy.services import Services
-from tests.processes import emulator_stats
+from tests.processes import emulator_stats, free_port
 
 GPU = "g0"
 
@@ -77,9 +77,7 @@ class Fleet:
 
     def spawn_later(self, name: str, args: Sequence[str]) -> EmulatorProcess:
         """Start without waiting: on a port chosen now, so its URL is known while it starts."""
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
+        port = free_port()
         emu = spawn_emulator(self.workdir, args, name=name, port=port)
         emu.port = port
         self.emulators[name] = emu

@@ -15,6 +15,7 @@ import openai
 import pytest
 import yaml
 
+from tests.processes import alive
 from tests.proxy.conftest import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,15 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @contextlib.contextmanager

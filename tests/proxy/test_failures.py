@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.processes import free_port
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 MODELS: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b"}]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.faults
@@ -112,7 +106,7 @@ async def test_backend_that_never_comes_up_fails_and_blocks_only_its_gpu(
     fleet.start(("model-a", []), ("model-b", []))
     unreachable = {
         "name": "model-c",
-        "url": f"http://127.0.0.1:{closed_port()}",
+        "url": f"http://127.0.0.1:{free_port()}",
         "gpu": "g0" if same_gpu else "g1",
         "timeouts": {"start_s": 0.3},
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from proxy.routes.admin import readiness
 from proxy.services import Services
 from proxy.statusview import render, run_status
 from proxy.switcher import STUCK_GRACE_S
+from tests.processes import free_port
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 MODELS = [{"name": "model-a"}, {"name": "model-b"}]
@@ -153,9 +153,7 @@ async def test_admin_status_and_the_status_cli(fleet: Fleet) -> None:
 
 
 def test_status_cli_reports_an_unreachable_proxy() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     console = Console(record=True)
     assert run_status(f"http://127.0.0.1:{port}", as_json=False, console=console) == 2
     assert "cannot read" in console.export_text()
@@ -249,9 +247,7 @@ async def test_a_client_that_leaves_mid_stream_counts_as_499(fleet: Fleet) -> No
 
 
 async def test_ready_is_503_when_no_backend_is_reachable(fleet: Fleet) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = ProxyConfig.model_validate(
         {"models": [{"name": "m", "url": f"http://127.0.0.1:{port}", "timeouts": {"start_s": 0.2}}]}
     )

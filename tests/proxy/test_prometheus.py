@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.processes import free_port
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -93,9 +93,7 @@ def test_dashboard_is_wellformed() -> None:
 
 @contextlib.asynccontextmanager
 async def prometheus(tmp_path: Path, target: str) -> AsyncIterator[httpx.AsyncClient]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],

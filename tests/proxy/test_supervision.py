@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,8 @@ from typing import Any
 import httpx
 
 from proxy.config import ProxyConfig
+from tests.processes import alive, free_port
 from tests.proxy.conftest import chat, serve_proxy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
@@ -69,15 +63,6 @@ def ledger(tmp: Path) -> dict[str, Any]:
 
     data: dict[str, Any] = json.loads((tmp / "ledger" / "g0.json").read_text())
     return data
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_bootstrap_starts_one_at_a_time_and_shutdown_stops_all(tmp_path: Path) -> None:
