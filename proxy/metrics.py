@@ -157,7 +157,7 @@ class Metrics:
         )
         self.switches = Counter(
             "vllm_switch_switches",
-            "Switches, by outcome (ok or failed).",
+            "Switches, by outcome: ok, failed, or restored (a victim woken back after the switch failed).",
             ["from_model", "to_model", "result"],
             registry=r,
         )

@@ -22,7 +22,8 @@ import logging
 import time
 
 from proxy.backends import Backend, BackendState, ControlError
-from proxy.switcher import Switcher, _Group
+from proxy.group import GpuGroup
+from proxy.switcher import Switcher
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.25
@@ -34,7 +35,7 @@ async def start_up(switcher: Switcher) -> None:
             tg.create_task(_group_start_up(switcher, group), name=f"start-up:{group.name}")
 
 
-async def _group_start_up(switcher: Switcher, group: _Group) -> None:
+async def _group_start_up(switcher: Switcher, group: GpuGroup) -> None:
     try:
         async with group.lock:
             await _reconcile(switcher, group)
@@ -42,7 +43,7 @@ async def _group_start_up(switcher: Switcher, group: _Group) -> None:
         group.reconciled.set()  # whatever happened, waiters proceed (to READY or to a 503)
 
 
-async def _reconcile(switcher: Switcher, group: _Group) -> None:
+async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
     attached = [b for b in group.members if not b.config.supervised]
     eager = [b for b in group.members if b.config.supervised and b.config.start == "eager"]
     for b in group.members:
@@ -70,7 +71,7 @@ async def _reconcile(switcher: Switcher, group: _Group) -> None:
         log.info("start-up: %s is %s", b.name, b.state)
 
 
-async def _bootstrap(switcher: Switcher, group: _Group, eager: list[Backend]) -> None:
+async def _bootstrap(switcher: Switcher, group: GpuGroup, eager: list[Backend]) -> None:
     began = time.monotonic()
     for i, b in enumerate(eager, start=1):
         eta = ""

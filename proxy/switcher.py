@@ -15,7 +15,9 @@ State machine of one GPU group (all transitions under the group's lock, one at a
                        /sleep?level=N&mode=wait, /is_sleeping must say true
           T: wake (level 1 /wake_up; level 2 weights -> reload_weights -> kv_cache ->
              reset_prefix_cache), /is_sleeping must say false, 1-token warm-up -> READY
-        any failure: the backend that failed is FAILED; every waiter gets the 503
+        any failure: the backend that failed is FAILED; victims put to sleep for it are woken
+                     back if the group has room (a killed target holds none); then every
+                     waiter gets the 503
 
 Owns: one lock + reconciled event per group, one SingleFlight per model, the per-model
 waiting counts. Backends are changed only from here.
@@ -30,42 +32,18 @@ from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 
-from proxy.backends import Backend, BackendState, ControlError, Lease, WakeTimings
+from proxy.backends import Backend, BackendState, Lease, WakeTimings
 from proxy.backends.backend import NO_SWITCH
 from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.gate import SingleFlight
+from proxy.group import GpuGroup
 from proxy.metrics import LiveBackend, LiveGroup, Metrics
 from proxy.plan import Member, plan_switch
-from proxy.supervisor import StartError, Supervisor
+from proxy.supervisor import Supervisor
+from proxy.transitions import Transitions
 
 log = logging.getLogger(__name__)
-STUCK_GRACE_S = 60.0
-
-
-class _Group:
-    def __init__(self, name: str, max_awake: int, members: list[Backend]) -> None:
-        self.name = name
-        self.max_awake = max_awake
-        self.members = members
-        self.lock = asyncio.Lock()
-        self.reconciled = asyncio.Event()
-        self.phase: str | None = None  # draining | sleeping | waking, while a switch runs
-        self._phase_since = 0.0
-        self._phase_limit_s = 0.0
-
-    def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
-        self.phase, self._phase_since, self._phase_limit_s = phase, time.monotonic(), limit_s
-
-    @property
-    def phase_s(self) -> float:
-        return time.monotonic() - self._phase_since if self.phase else 0.0
-
-    @property
-    def stuck(self) -> bool:
-        """The current phase outlived its own timeout (which should have ended it) by more than
-        the cleanup a failure may still do in that phase (confirming, best-effort sleep, kill)."""
-        return self.phase is not None and self.phase_s > self._phase_limit_s + STUCK_GRACE_S
 
 
 class Switcher:
@@ -84,8 +62,9 @@ class Switcher:
         by_gpu: dict[str, list[Backend]] = {}
         for b in backends.values():
             by_gpu.setdefault(b.config.gpu, []).append(b)
+        self._steps = Transitions(config.limits, metrics, supervisor)
         self._groups = {
-            g: _Group(g, config.gpu(g).max_awake, members) for g, members in by_gpu.items()
+            g: GpuGroup(g, config.gpu(g).max_awake, members) for g, members in by_gpu.items()
         }
         self._flights = {
             name: SingleFlight(partial(self._switch_to, name), name=f"switch:{name}")
@@ -110,10 +89,10 @@ class Switcher:
         ]
         return backends, groups
 
-    def groups(self) -> list[_Group]:
+    def groups(self) -> list[GpuGroup]:
         return list(self._groups.values())
 
-    def group_of(self, name: str) -> _Group:
+    def group_of(self, name: str) -> GpuGroup:
         return self._groups[self._backends[name].config.gpu]
 
     # ----- requests ------------------------------------------------------------------------------
@@ -144,6 +123,11 @@ class Switcher:
                         # wait for that switch to move it, then join the switch back.
                         await backend.wait_changed()
                         continue
+                    if not ticket.early and not backend.draining:
+                        # the drain it came too late for is over: it now waits for the next
+                        # wake, and is first in line for it (else a switch queued behind that
+                        # wake could sleep the model under it again, turn after turn)
+                        ticket = backend.ticket()
                     timings = await self._flights[name]()
             return lease, timings
         except TimeoutError:
@@ -192,14 +176,16 @@ class Switcher:
                 )
             started = time.monotonic()
             victims = "+".join(plan.victims) or "none"
+            slept: list[Backend] = []
             try:
                 sleep_ms = 0.0
                 for victim in plan.victims:
-                    sleep_ms += await self._put_to_sleep(self._backends[victim], group)
+                    sleep_ms += await self._steps.put_to_sleep(self._backends[victim], group)
+                    slept.append(self._backends[victim])
                 if target.state in (BackendState.STOPPED, BackendState.FAILED):
-                    wake_ms, warmup_ms = await self._start(target, group)
+                    wake_ms, warmup_ms = await self._steps.start(target, group)
                 else:
-                    wake_ms, warmup_ms = await self._wake(target, group)
+                    wake_ms, warmup_ms = await self._steps.wake(target, group)
             except BackendUnavailableError as exc:
                 self._metrics.switches.labels(victims, name, "failed").inc()
                 log.warning(
@@ -215,6 +201,7 @@ class Switcher:
                         "gpu": group.name,
                     },
                 )
+                await self._bring_back(slept, group, failed=name)
                 raise
             finally:
                 group.enter(None)
@@ -247,126 +234,41 @@ class Switcher:
             )
             return target.last
 
-    async def _put_to_sleep(self, victim: Backend, group: _Group) -> float:
-        t = victim.config.timeouts
-        group.enter("draining", t.drain_s)
-        try:
-            async with asyncio.timeout(t.drain_s):
-                await victim.drain()
-        except TimeoutError:
-            victim.draining = False
-            raise BackendUnavailableError(
-                f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching",
-                retry_after_s=self._limits.retry_after_s,
-            ) from None
-        group.enter("sleeping", t.sleep_s)
-        try:
-            async with asyncio.timeout(t.sleep_s):
-                ms = await victim.sleep()
-            self._metrics.sleep_seconds.labels(victim.name, str(victim.config.sleep_level)).observe(
-                ms / 1000
+    async def _bring_back(self, slept: list[Backend], group: GpuGroup, failed: str) -> None:
+        """The switch to `failed` failed after its victims went to sleep: wake them back while the
+        group has room, most recently used first. Never evicts anything for this, and never wakes
+        next to a failed member that may still hold memory (a wedged engine leaks it).
+        Best effort: the waiters of `failed` get their 503 once this is done."""
+        for victim in reversed(slept):
+            members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
+            plan = plan_switch(victim.name, members, group.max_awake)
+            if victim.state is not BackendState.ASLEEP or plan.victims or plan.blocked_by:
+                continue
+            try:
+                wake_ms, warmup_ms = await self._steps.wake(victim, group)
+            except BackendUnavailableError as exc:
+                self._metrics.switches.labels(failed, victim.name, "failed").inc()
+                log.warning("could not bring %s back: %s", victim.name, exc.message)
+                continue
+            victim.last = WakeTimings(wake_ms=wake_ms, warmup_ms=warmup_ms)
+            victim.set_state(BackendState.READY)
+            self._metrics.switches.labels(failed, victim.name, "restored").inc()
+            log.info(
+                "brought %s back after the switch to %s failed (wake %.0f ms, warm-up %.0f ms)",
+                victim.name,
+                failed,
+                wake_ms,
+                warmup_ms,
+                extra={
+                    "event": "switch",
+                    "result": "restored",
+                    "from_model": failed,
+                    "to_model": victim.name,
+                    "gpu": group.name,
+                    "wake_ms": wake_ms,
+                    "warmup_ms": warmup_ms,
+                },
             )
-            return ms
-        except (TimeoutError, ControlError, RuntimeError) as exc:
-            reason = f"sleep failed: {_describe(exc, t.sleep_s)}"
-            victim.mark_failed(reason, holds_memory=not await self._confirmed_asleep(victim))
-            if victim.holds_memory and self._supervisor.supervises(victim.name):
-                await self._supervisor.kill(victim)  # a hung engine: killing it frees the GPU
-            raise BackendUnavailableError(
-                f"could not put {victim.name!r} to sleep ({reason})",
-                retry_after_s=self._limits.retry_after_s,
-            ) from exc
-
-    async def _wake(self, target: Backend, group: _Group) -> tuple[float, float]:
-        t = target.config.timeouts
-        level = str(target.config.sleep_level)
-        group.enter("waking", t.wake_s)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(t.wake_s):
-                wake_ms = await target.wake()
-            self._metrics.wake_seconds.labels(target.name, level).observe(wake_ms / 1000)
-        except (TimeoutError, ControlError, RuntimeError) as exc:
-            # a failed wake can leave memory mapped (vLLM 0.26 does not roll back): never trust it
-            self._metrics.wake_failures.labels(target.name, _failure_kind(exc)).inc()
-            reason = f"wake failed: {_describe(exc, t.wake_s)}"
-            target.mark_failed(reason, holds_memory=True)
-            if self._supervisor.supervises(target.name):
-                await self._supervisor.kill(target)  # only a dead process surely frees its memory
-            raise BackendUnavailableError(
-                f"could not wake {target.name!r} ({reason})",
-                retry_after_s=self._limits.retry_after_s,
-            ) from exc
-        try:
-            async with asyncio.timeout(max(t.wake_s - (time.monotonic() - started), 0.001)):
-                warmup_ms = await target.warm_up()
-            if target.config.warmup.enabled:
-                self._metrics.warmup_seconds.labels(target.name).observe(warmup_ms / 1000)
-        except (TimeoutError, ControlError) as exc:
-            self._metrics.wake_failures.labels(target.name, "warmup").inc()
-            reason = f"warm-up failed: {_describe(exc, t.wake_s)}"
-            released = await self._try_sleep(target)
-            target.mark_failed(reason, holds_memory=not released)
-            raise BackendUnavailableError(
-                f"could not warm up {target.name!r} ({reason})",
-                retry_after_s=self._limits.retry_after_s,
-            ) from exc
-        return wake_ms, warmup_ms
-
-    async def _start(self, target: Backend, group: _Group) -> tuple[float, float]:
-        """Start a supervised backend (STOPPED, or FAILED and due for a restart), then warm up."""
-        t = target.config.timeouts
-        group.enter("starting", t.start_s)
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(t.start_s):
-                await self._supervisor.start(target)
-        except (TimeoutError, StartError, ControlError, OSError) as exc:
-            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
-            raise await self._abandon_start(
-                target, kind, f"start failed: {_describe(exc, t.start_s)}"
-            ) from exc
-        start_ms = (time.monotonic() - started) * 1000
-        log.info("started %s in %.1f s", target.name, start_ms / 1000)
-        group.enter("waking", t.wake_s)
-        try:
-            async with asyncio.timeout(t.wake_s):
-                warmup_ms = await target.warm_up()
-            if target.config.warmup.enabled:
-                self._metrics.warmup_seconds.labels(target.name).observe(warmup_ms / 1000)
-        except (TimeoutError, ControlError) as exc:
-            raise await self._abandon_start(
-                target, "warmup", f"warm-up failed: {_describe(exc, t.wake_s)}"
-            ) from exc
-        return start_ms, warmup_ms
-
-    async def _abandon_start(
-        self, target: Backend, kind: str, reason: str
-    ) -> BackendUnavailableError:
-        """A start or its warm-up failed: count it, mark the backend failed, kill its process
-        (only a dead process surely frees its memory) and return the error for the waiters."""
-        self._metrics.wake_failures.labels(target.name, kind).inc()
-        target.mark_failed(reason, holds_memory=True)
-        await self._supervisor.kill(target)
-        return BackendUnavailableError(
-            f"could not start {target.name!r} ({reason})", retry_after_s=self._limits.retry_after_s
-        )
-
-    async def _confirmed_asleep(self, backend: Backend) -> bool:
-        try:
-            async with asyncio.timeout(backend.config.timeouts.control_s):
-                return await backend.control.is_sleeping()
-        except (TimeoutError, ControlError):
-            return False
-
-    async def _try_sleep(self, backend: Backend) -> bool:
-        """Best effort after a failed warm-up (the wake itself succeeded): free the memory."""
-        try:
-            async with asyncio.timeout(backend.config.timeouts.sleep_s):
-                await backend.control.sleep(backend.config.sleep_level)
-        except (TimeoutError, ControlError):
-            return False
-        return await self._confirmed_asleep(backend)
 
     # ----- idle sleep -----------------------------------------------------------------------------
     async def sleep_idle(self, now: float) -> list[str]:
@@ -384,7 +286,7 @@ class Switcher:
                 if not self._idle_for(b, time.monotonic(), ttl):  # re-check after the await
                     continue
                 try:
-                    await self._put_to_sleep(b, group)
+                    await self._steps.put_to_sleep(b, group)
                     slept.append(b.name)
                     log.info(
                         "put %s to sleep after %gs idle",
@@ -409,19 +311,12 @@ class Switcher:
     # ----- used by start-up (proxy/startup.py), under the group's lock ------------------------
     async def sleep_now(self, backend: Backend) -> bool:
         """Put a backend without leases to sleep; False (and FAILED) if that failed."""
-        try:
-            async with asyncio.timeout(backend.config.timeouts.sleep_s):
-                await backend.sleep()
-            return True
-        except (TimeoutError, ControlError, RuntimeError) as exc:
-            reason = f"sleep at start-up failed: {_describe(exc, backend.config.timeouts.sleep_s)}"
-            backend.mark_failed(reason, holds_memory=not await self._confirmed_asleep(backend))
-            return False
+        return await self._steps.sleep_undrained(backend)
 
-    async def start_now(self, backend: Backend, group: _Group) -> bool:
+    async def start_now(self, backend: Backend, group: GpuGroup) -> bool:
         """Start a supervised backend and warm it up; it is READY afterwards unless this failed."""
         try:
-            await self._start(backend, group)
+            await self._steps.start(backend, group)
         except BackendUnavailableError:
             log.exception("start-up: could not start %s", backend.name)
             return False
@@ -433,15 +328,3 @@ class Switcher:
     async def close(self) -> None:
         for flight in self._flights.values():
             await flight.cancel()
-
-
-def _failure_kind(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return "oom" if "out of memory" in str(exc) else "error"
-
-
-def _describe(exc: BaseException, timeout_s: float) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"timed out after {timeout_s:g}s"
-    return str(exc) or type(exc).__name__

@@ -198,3 +198,28 @@ async def test_hung_sleep_of_a_supervised_backend_kills_it_and_the_gpu_recovers(
         assert again.status_code == 200
         assert (await c.get("/ready")).status_code == 200
     assert ledger(tmp_path)["oom_events"] == 0
+
+
+async def test_failed_wake_brings_the_previous_model_back(tmp_path: Path) -> None:
+    """model-a's wake runs out of memory: it is killed (freeing the GPU), and model-b, put to
+    sleep for it, is woken back before the 503 goes out, so model-b's users see no switch."""
+    oom = supervised("model-a", tmp_path, restart={"backoff_s": 30})
+    oom["command"] = [*oom["command"], "--emu-fault", "wake_oom"]
+    async with (
+        serve_proxy(config(oom, supervised("model-b", tmp_path))) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("asleep", "ready")
+        failed = await c.post("/v1/chat/completions", json=chat("model-a"))
+        assert failed.status_code == 503
+        assert "out of memory" in failed.json()["error"]["message"]
+        assert (proxy.state("model-a"), proxy.state("model-b")) == ("failed", "ready")
+        served = await c.post("/v1/chat/completions", json=chat("model-b"))
+        metrics = (await c.get("/metrics")).text
+    assert served.status_code == 200
+    assert float(served.headers["x-vllm-switch-wake-ms"]) == 0, "already awake again"
+    assert (
+        'vllm_switch_switches_total{from_model="model-a",result="restored",to_model="model-b"} 1.0'
+        in metrics
+    )
+    assert ledger(tmp_path)["peak_used_bytes"] <= 80 * 1024**3

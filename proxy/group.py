@@ -1,0 +1,43 @@
+"""GpuGroup: the backends that share one GPU, the lock that serialises every change of
+memory on it, and the phase of the change running now (for /ready and /admin/status).
+
+Owns: the lock, the `reconciled` event (set once start-up has adopted or started every
+member) and the phase. The Switcher and start-up take the lock and set the phase; readers
+(routes, status) only read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.backends import Backend
+
+STUCK_GRACE_S = 60.0
+
+
+class GpuGroup:
+    def __init__(self, name: str, max_awake: int, members: list[Backend]) -> None:
+        self.name = name
+        self.max_awake = max_awake
+        self.members = members
+        self.lock = asyncio.Lock()
+        self.reconciled = asyncio.Event()
+        self.phase: str | None = (
+            None  # draining | sleeping | waking | starting, while a switch runs
+        )
+        self._phase_since = 0.0
+        self._phase_limit_s = 0.0
+
+    def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
+        self.phase, self._phase_since, self._phase_limit_s = phase, time.monotonic(), limit_s
+
+    @property
+    def phase_s(self) -> float:
+        return time.monotonic() - self._phase_since if self.phase else 0.0
+
+    @property
+    def stuck(self) -> bool:
+        """The current phase outlived its own timeout (which should have ended it) by more than
+        the cleanup a failure may still do in that phase (confirming, best-effort sleep, kill)."""
+        return self.phase is not None and self.phase_s > self._phase_limit_s + STUCK_GRACE_S

@@ -1,0 +1,170 @@
+"""Transitions: one backend's memory-changing step (drain + sleep, wake + warm-up, start +
+warm-up), each bounded by its timeout, each turning any failure into a FAILED backend (with
+an honest `holds_memory`) and a BackendUnavailableError for the waiters.
+
+Stateless apart from the collaborators it is given: the Switcher decides *which* steps run
+and holds the group's lock around them; this module decides how one step runs and fails.
+Metrics of each step (sleep/wake/warm-up durations, wake failures) are recorded here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from proxy.backends import Backend, ControlError
+from proxy.config import LimitsConfig
+from proxy.errors import BackendUnavailableError
+from proxy.group import GpuGroup
+from proxy.metrics import Metrics
+from proxy.supervisor import StartError, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Transitions:
+    def __init__(self, limits: LimitsConfig, metrics: Metrics, supervisor: Supervisor) -> None:
+        self._limits = limits
+        self._metrics = metrics
+        self._supervisor = supervisor
+
+    def _unavailable(self, message: str) -> BackendUnavailableError:
+        return BackendUnavailableError(message, retry_after_s=self._limits.retry_after_s)
+
+    async def put_to_sleep(self, victim: Backend, group: GpuGroup) -> float:
+        """Drain, then /sleep and confirm. Returns the sleep's ms."""
+        t = victim.config.timeouts
+        group.enter("draining", t.drain_s)
+        try:
+            async with asyncio.timeout(t.drain_s):
+                await victim.drain()
+        except TimeoutError:
+            victim.draining = False
+            raise self._unavailable(
+                f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching"
+            ) from None
+        group.enter("sleeping", t.sleep_s)
+        try:
+            async with asyncio.timeout(t.sleep_s):
+                ms = await victim.sleep()
+            self._metrics.sleep_seconds.labels(victim.name, str(victim.config.sleep_level)).observe(
+                ms / 1000
+            )
+            return ms
+        except (TimeoutError, ControlError, RuntimeError) as exc:
+            reason = f"sleep failed: {describe(exc, t.sleep_s)}"
+            victim.mark_failed(reason, holds_memory=not await self.confirmed_asleep(victim))
+            if victim.holds_memory and self._supervisor.supervises(victim.name):
+                await self._supervisor.kill(victim)  # a hung engine: killing it frees the GPU
+            raise self._unavailable(f"could not put {victim.name!r} to sleep ({reason})") from exc
+
+    async def wake(self, target: Backend, group: GpuGroup) -> tuple[float, float]:
+        """Wake and warm up (not READY yet: the caller sets it). Returns (wake ms, warm-up ms)."""
+        t = target.config.timeouts
+        level = str(target.config.sleep_level)
+        group.enter("waking", t.wake_s)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(t.wake_s):
+                wake_ms = await target.wake()
+            self._metrics.wake_seconds.labels(target.name, level).observe(wake_ms / 1000)
+        except (TimeoutError, ControlError, RuntimeError) as exc:
+            # a failed wake can leave memory mapped (vLLM 0.26 does not roll back): never trust it
+            self._metrics.wake_failures.labels(target.name, failure_kind(exc)).inc()
+            reason = f"wake failed: {describe(exc, t.wake_s)}"
+            target.mark_failed(reason, holds_memory=True)
+            if self._supervisor.supervises(target.name):
+                await self._supervisor.kill(target)  # only a dead process surely frees its memory
+            raise self._unavailable(f"could not wake {target.name!r} ({reason})") from exc
+        try:
+            async with asyncio.timeout(max(t.wake_s - (time.monotonic() - started), 0.001)):
+                warmup_ms = await self._warm_up(target)
+        except (TimeoutError, ControlError) as exc:
+            self._metrics.wake_failures.labels(target.name, "warmup").inc()
+            reason = f"warm-up failed: {describe(exc, t.wake_s)}"
+            released = await self._try_sleep(target)
+            target.mark_failed(reason, holds_memory=not released)
+            raise self._unavailable(f"could not warm up {target.name!r} ({reason})") from exc
+        return wake_ms, warmup_ms
+
+    async def start(self, target: Backend, group: GpuGroup) -> tuple[float, float]:
+        """Start a supervised backend (STOPPED, or FAILED and due for a restart), then warm up.
+        Returns (start ms, warm-up ms)."""
+        t = target.config.timeouts
+        group.enter("starting", t.start_s)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(t.start_s):
+                await self._supervisor.start(target)
+        except (TimeoutError, StartError, ControlError, OSError) as exc:
+            kind = "timeout" if isinstance(exc, TimeoutError) else "error"
+            raise await self._abandon_start(
+                target, kind, f"start failed: {describe(exc, t.start_s)}"
+            ) from exc
+        start_ms = (time.monotonic() - started) * 1000
+        log.info("started %s in %.1f s", target.name, start_ms / 1000)
+        group.enter("waking", t.wake_s)
+        try:
+            async with asyncio.timeout(t.wake_s):
+                warmup_ms = await self._warm_up(target)
+        except (TimeoutError, ControlError) as exc:
+            raise await self._abandon_start(
+                target, "warmup", f"warm-up failed: {describe(exc, t.wake_s)}"
+            ) from exc
+        return start_ms, warmup_ms
+
+    async def sleep_undrained(self, backend: Backend) -> bool:
+        """Start-up only (no leases exist yet): sleep; False (and FAILED) if that failed."""
+        try:
+            async with asyncio.timeout(backend.config.timeouts.sleep_s):
+                await backend.sleep()
+            return True
+        except (TimeoutError, ControlError, RuntimeError) as exc:
+            reason = f"sleep at start-up failed: {describe(exc, backend.config.timeouts.sleep_s)}"
+            backend.mark_failed(reason, holds_memory=not await self.confirmed_asleep(backend))
+            return False
+
+    async def confirmed_asleep(self, backend: Backend) -> bool:
+        try:
+            async with asyncio.timeout(backend.config.timeouts.control_s):
+                return await backend.control.is_sleeping()
+        except (TimeoutError, ControlError):
+            return False
+
+    async def _warm_up(self, target: Backend) -> float:
+        ms = await target.warm_up()
+        if target.config.warmup.enabled:
+            self._metrics.warmup_seconds.labels(target.name).observe(ms / 1000)
+        return ms
+
+    async def _abandon_start(
+        self, target: Backend, kind: str, reason: str
+    ) -> BackendUnavailableError:
+        """A start or its warm-up failed: count it, mark the backend failed, kill its process
+        (only a dead process surely frees its memory) and return the error for the waiters."""
+        self._metrics.wake_failures.labels(target.name, kind).inc()
+        target.mark_failed(reason, holds_memory=True)
+        await self._supervisor.kill(target)
+        return self._unavailable(f"could not start {target.name!r} ({reason})")
+
+    async def _try_sleep(self, backend: Backend) -> bool:
+        """Best effort after a failed warm-up (the wake itself succeeded): free the memory."""
+        try:
+            async with asyncio.timeout(backend.config.timeouts.sleep_s):
+                await backend.control.sleep(backend.config.sleep_level)
+        except (TimeoutError, ControlError):
+            return False
+        return await self.confirmed_asleep(backend)
+
+
+def failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "oom" if "out of memory" in str(exc) else "error"
+
+
+def describe(exc: BaseException, timeout_s: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g}s"
+    return str(exc) or type(exc).__name__
