@@ -3,10 +3,11 @@
 State owned here (changed only by the Switcher's calls, between awaits):
   state          see state.py
   leases         requests currently forwarded to the backend (streams included)
-  draining       a switch wants to put it to sleep: no new leases, except for...
+  draining       a switch drains it before sleep: no new leases, except for...
   early_waiters  requests that queued for this model *before* the drain began: they are
                  served first (invariant 3), so a model that just woke is never slept
-                 under the very requests it was woken for
+                 under the very requests it was woken for. A request that came late
+                 (during the drain) re-queues as early once the drain is over
   holds_memory   False only when the backend is known to hold no more than its sleep
                  residual; a FAILED backend that may still hold GPU memory blocks wakes
                  in its group (waking next to it could wedge a neighbour, as on an H100)
@@ -169,11 +170,11 @@ class Backend:
     async def sleep(self) -> float:
         """Drained already; /sleep (mode=wait) then confirm with /is_sleeping. Returns ms."""
         t0 = time.monotonic()
+        self.draining = False  # the drain is over: who comes now waits for the next wake, early
         self.set_state(BackendState.SLEEPING)
         await self.control.sleep(self.config.sleep_level)
         if not await self.control.is_sleeping():
             raise RuntimeError("/sleep answered 200 but /is_sleeping is false")
-        self.draining = False
         self.set_state(BackendState.ASLEEP)
         self.last_sleep_ms = elapsed_ms(t0)
         return self.last_sleep_ms

@@ -16,6 +16,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from proxy.backend_errors import error_response, is_error
 from proxy.backends import BackendState, WakeTimings
 from proxy.config import ModelConfig
 from proxy.errors import (
@@ -33,6 +34,7 @@ from proxy.forwarding import (
     with_model,
 )
 from proxy.requestlog import RequestRecord
+from proxy.routes import schemas
 from proxy.services import Services
 
 router = APIRouter()
@@ -72,7 +74,7 @@ async def until_disconnect(
                 lambda t: None if t.cancelled() or t.exception() else abandon(t.result())
             )
             task.cancel()
-    if task.cancelled():
+    if not task.done() or task.cancelled():  # the client left first (cancel() only asks)
         raise ClientGoneError
     return task.result()
 
@@ -160,7 +162,26 @@ async def _forward(
     headers = timing_headers(model.name, (record.queue_s or 0) * 1000, timings) | {
         "x-request-id": record.request_id
     }
-    return await UpstreamResponse.take(upstream, lease.release, headers, model.name, record)
+    return await _answer(upstream, lease.release, headers, model.name, path, record)
+
+
+async def _answer(
+    upstream: httpx.Response,
+    release: Callable[[], None],
+    headers: dict[str, str],
+    model: str,
+    path: str,
+    record: RequestRecord,
+) -> Response:
+    """The backend's answer: streamed through, or, for an error, made an OpenAI error body."""
+    if not is_error(upstream):
+        return await UpstreamResponse.take(upstream, release, headers, model, record)
+    try:
+        response = await error_response(upstream, model, path, headers)
+    finally:
+        release()
+    record.finish(response.status_code)
+    return response
 
 
 async def forward_frontend_only(request: Request, path: str) -> Response:
@@ -187,35 +208,35 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
         response.headers["x-request-id"] = record.request_id
         return response
     headers = {"x-vllm-switch-model": model.name, "x-request-id": record.request_id}
-    return await UpstreamResponse.take(upstream, lambda: None, headers, model.name, record)
+    return await _answer(upstream, lambda: None, headers, model.name, path, record)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=schemas.body("/v1/chat/completions"))
 async def chat_completions(request: Request) -> Response:
     return await forward(request, "/v1/chat/completions")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=schemas.body("/v1/completions"))
 async def completions(request: Request) -> Response:
     return await forward(request, "/v1/completions")
 
 
-@router.post("/v1/embeddings")
+@router.post("/v1/embeddings", openapi_extra=schemas.body("/v1/embeddings"))
 async def embeddings(request: Request) -> Response:
     return await forward(request, "/v1/embeddings")
 
 
-@router.post("/v1/responses")
+@router.post("/v1/responses", openapi_extra=schemas.body("/v1/responses"))
 async def responses(request: Request) -> Response:
     return await forward(request, "/v1/responses")
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", openapi_extra=schemas.body("/tokenize"))
 async def tokenize(request: Request) -> Response:
     return await forward_frontend_only(request, "/tokenize")
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", openapi_extra=schemas.body("/detokenize"))
 async def detokenize(request: Request) -> Response:
     return await forward_frontend_only(request, "/detokenize")
 

@@ -146,6 +146,29 @@ async def test_backend_errors_pass_through_untouched(fleet: Fleet) -> None:
     assert "x-vllm-switch-error" not in r.headers
 
 
+async def test_backend_errors_in_fastapi_shape_become_openai_errors(fleet: Fleet) -> None:
+    """vLLM answers a route its model does not serve with `404 {"detail":"Not Found"}`, which
+    OpenAI SDKs show without a message: the proxy keeps the status and wraps the words."""
+    fleet.start(("model-b", []), ("model-a", []))
+    body = {"model": "model-a", "input": "hi"}
+    direct = httpx.post(f"{fleet.url('model-a')}/v1/embeddings", json=body)
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.post("/v1/embeddings", json=body)
+    assert (direct.status_code, direct.json()) == (404, {"detail": "Not Found"})
+    assert r.status_code == 404
+    assert error(r) == {
+        "message": "model 'model-a' does not serve /v1/embeddings (its backend answered 404 Not Found)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
+    assert int(r.headers["content-length"]) == len(r.content)
+    assert r.headers["x-vllm-switch-model"] == "model-a"
+
+
 async def test_tokenize_does_not_wake_a_sleeping_model(fleet: Fleet) -> None:
     fleet.start(("model-a", []), ("model-b", []))
     async with (
@@ -196,6 +219,10 @@ async def test_client_disconnect_while_queued_leaves_the_switch_running(fleet: F
             while proxy.state("model-a") != "ready":
                 await asyncio.sleep(0.01)
         assert proxy.services.switcher.waiting["model-a"] == 0
+        gone = 'vllm_switch_requests_total{endpoint="/v1/chat/completions",model="model-a",status="499"} 1.0'
+        async with httpx.AsyncClient(base_url=proxy.url) as c, asyncio.timeout(5):
+            while gone not in (await c.get("/metrics")).text:  # the handler saw the client leave
+                await asyncio.sleep(0.01)
 
 
 async def test_mid_stream_backend_crash_ends_the_stream_with_an_error_event(fleet: Fleet) -> None:
@@ -234,3 +261,53 @@ async def test_odd_but_valid_input_is_forwarded(fleet: Fleet) -> None:
             ],
         )
     assert r.status_code == 200, r.text
+
+
+async def test_backend_reset_during_a_request_is_a_502_and_frees_the_lease(fleet: Fleet) -> None:
+    """The backend process dies while a non-streaming request waits for its answer."""
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        request = asyncio.create_task(
+            c.post("/v1/chat/completions", json=chat("model-a", 2000, ignore_eos=True))
+        )
+        async with asyncio.timeout(10):
+            while not fleet.stats("model-a")["state"]["running"]:
+                await asyncio.sleep(0.01)  # poll until the backend is generating
+        fleet.emulators["model-a"].kill()
+        r = await request
+        assert proxy.services.backends["model-a"].leases == 0
+    assert r.status_code == 502
+    assert error(r)["code"] == "upstream_unreachable"
+    assert "model-a" in str(error(r)["message"])
+
+
+async def test_a_slow_stream_reader_holds_up_no_one_and_loses_nothing(fleet: Fleet) -> None:
+    """One client stops reading its stream (TCP back-pressure reaches the proxy); other
+    requests to the same model are served meanwhile, and the stalled stream then arrives
+    whole and in order."""
+    fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.0005"]))
+    body = chat("model-a", 3000, stream=True, ignore_eos=True)
+    async with (
+        serve_proxy(config_for(fleet, MODELS)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as slow,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as others,
+        slow.stream("POST", "/v1/chat/completions", json=body) as s,
+    ):
+        lines = s.aiter_lines()
+        assert (await anext(lines)).startswith("data: ")
+        # the slow client reads nothing while these run to completion
+        served = await asyncio.gather(
+            *(others.post("/v1/chat/completions", json=chat("model-a")) for _ in range(5))
+        )
+        events = [line[6:] async for line in lines if line.startswith("data: ")]
+        async with asyncio.timeout(10):
+            while proxy.services.backends["model-a"].leases:
+                await asyncio.sleep(0.01)
+    assert [r.status_code for r in served] == [200] * 5
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert len(chunks) == 3000  # first line read above: role chunk; then 3000 tokens

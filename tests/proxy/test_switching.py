@@ -231,3 +231,42 @@ async def test_idle_model_is_put_to_sleep_after_its_ttl(fleet: Fleet) -> None:
             )
             == 0
         )
+
+
+async def test_a_request_that_came_during_a_drain_is_served_by_the_next_wake(fleet: Fleet) -> None:
+    """W arrives for A while A drains (too late for A's current turn). It must be first in line
+    for A's next wake: when a switch to B is already queued behind that wake, B's drain has
+    to wait for W instead of sleeping A under it again (found by the soak as 30 s starvation
+    while two models ping-ponged)."""
+    fleet.start(
+        ("model-b", []), ("model-a", ["--emu-itl-s", "0.01", "--emu-wake-weights-l1-s", "0.5"])
+    )
+    models: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b"}]
+    async with (
+        serve_proxy(config_for(fleet, models)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=60) as c,
+    ):
+        a = proxy.services.backends["model-a"]
+        body = chat("model-a", 60, stream=True, ignore_eos=True)
+        async with c.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            b1 = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b")))
+            async with asyncio.timeout(10):
+                while not a.draining:
+                    await asyncio.sleep(0.005)  # poll until B's switch drains A
+            w = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-a")))
+            async with asyncio.timeout(10):
+                while proxy.services.switcher.waiting["model-a"] < 1:
+                    await asyncio.sleep(0.005)  # poll until W waits
+            _ = [line async for line in lines]
+        assert (await b1).status_code == 200
+        async with asyncio.timeout(10):
+            while a.state.value != "waking":
+                await asyncio.sleep(0.005)  # poll until A's next wake (for W) runs
+        b2 = asyncio.create_task(c.post("/v1/chat/completions", json=chat("model-b")))
+        served = await w
+        wakes_when_w_was_served = fleet.counters("model-a")["wake_calls"]
+        assert (await b2).status_code == 200
+    assert served.status_code == 200
+    assert wakes_when_w_was_served == 1, "W waited through another turn of B"
