@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -12,8 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from proxy.auth import AuthMiddleware
 from proxy.config import ProxyConfig
 from proxy.errors import install_exception_handlers
+from proxy.limits import HeaderLimitMiddleware
 from proxy.metrics import UNKNOWN_MODEL
-from proxy.routes import admin as admin_routes, openai as openai_routes
+from proxy.routes import admin as admin_routes, openai as openai_routes, schemas
 from proxy.services import Services
 
 
@@ -32,6 +34,16 @@ def create_app(
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     install_exception_handlers(app)
+    names = [n for m in config.models for n in (m.name, *m.aliases)]
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = FastAPI.openapi(app)
+            keyed = [p for p in spec["paths"] if AuthMiddleware.keys_needed(config.auth, p)]
+            app.openapi_schema = schemas.document(spec, names, keyed)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     auth = config.auth
     if auth.cors_origins:  # none unless configured: browsers may not call the API from other sites
         app.add_middleware(
@@ -43,4 +55,9 @@ def create_app(
     if auth.api_keys or auth.admin_keys or not auth.metrics_public:
         reject = services.metrics.rejected.labels(UNKNOWN_MODEL, "auth").inc
         app.add_middleware(AuthMiddleware, auth=auth, on_reject=lambda _path: reject())
+    too_large = services.metrics.rejected.labels(UNKNOWN_MODEL, "too_large").inc
+    # added last, so it runs first: an oversized head is refused before anything reads it
+    app.add_middleware(
+        HeaderLimitMiddleware, max_bytes=config.limits.max_header_bytes, on_reject=too_large
+    )
     return app

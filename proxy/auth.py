@@ -12,13 +12,12 @@ drops the client's Authorization header before forwarding (backends get their ow
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import AuthConfig
-from proxy.errors import ERROR_HEADER
+from proxy.errors import UnauthorizedError, send_error
 
 CLIENT_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 
@@ -38,6 +37,11 @@ class AuthMiddleware:
         self._metrics_public = auth.metrics_public
         self._on_reject = on_reject
 
+    @staticmethod
+    def keys_needed(auth: AuthConfig, path: str) -> bool:
+        """Whether `path` needs a key under `auth` (for the OpenAPI document)."""
+        return bool(AuthMiddleware(_no_app, auth, lambda _: None)._required(path))
+
     def _required(self, path: str) -> tuple[bytes, ...]:
         if path.startswith(CLIENT_PREFIXES):
             return self._client
@@ -56,32 +60,15 @@ class AuthMiddleware:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not _matches(given, keys):
                 self._on_reject(scope["path"])
-                await _unauthorized(send, "missing api key" if not given else "invalid api key")
+                why = "missing api key" if not given else "invalid api key"
+                await send_error(
+                    send,
+                    UnauthorizedError(f"{why}: send 'Authorization: Bearer <key>'"),
+                    ((b"www-authenticate", b"Bearer"),),
+                )
                 return
         await self._app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, why: str) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "message": f"{why}: send 'Authorization: Bearer <key>'",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": "invalid_api_key",
-            }
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b"Bearer"),
-                (ERROR_HEADER.lower().encode(), b"invalid_api_key"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise NotImplementedError

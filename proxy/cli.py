@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 from proxy import __version__
 
 if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
     from proxy.config import ProxyConfig
 
 
@@ -24,6 +27,23 @@ def _load(path: Path) -> ProxyConfig | None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
+
+
+def uvicorn_config(
+    app: FastAPI, config: ProxyConfig, log_level: str, grace_s: int
+) -> uvicorn.Config:
+    """The HTTP server's settings (tests serve the app with the same ones)."""
+    import uvicorn
+
+    from proxy.limits import H11_SLACK_BYTES
+
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        log_level=log_level,
+        timeout_graceful_shutdown=grace_s,
+        h11_max_incomplete_event_size=config.limits.max_header_bytes + H11_SLACK_BYTES,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -40,9 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(config.logging.format, config.logging.level)
     sock = socket.create_server((host, port))  # bound first: --port 0 works, and we can say where
     print(f"vllm-switch listening on http://{host}:{sock.getsockname()[1]}", flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), log_level="info", timeout_graceful_shutdown=30)
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(config), config, "info", grace_s=30))
     # uvicorn drains open requests (streams included, up to 30 s), then re-raises the signal it
     # caught: make that re-raised SIGTERM a clean exit 0 instead of death by signal
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

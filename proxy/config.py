@@ -145,6 +145,9 @@ class LimitsConfig(_Strict):
         default=32 * 1024 * 1024, gt=0, description="larger requests get 413"
     )
     max_json_depth: int = Field(default=64, ge=2, description="deeper JSON bodies get 400")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="larger request lines plus headers get 431"
+    )
     queue_size: int = Field(
         default=1024, ge=1, description="requests waiting per model; more get 429"
     )

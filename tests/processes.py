@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,6 +22,7 @@ __all__ = [
     "alive",
     "emulator_stats",
     "free_port",
+    "launched",
     "running_emulator",
     "spawn_emulator",
 ]
@@ -40,3 +48,37 @@ def alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run `vllm-switch ARGS`, wait for the line starting with `ready_prefix`, yield its URL.
+
+    Its output is read on until it exits (its last lines kept), so a chatty server never
+    blocks on a full pipe."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.strip().startswith(ready_prefix):
+                tail: deque[str] = deque(seen, maxlen=200)
+                reader = threading.Thread(target=tail.extend, args=(proc.stdout,), daemon=True)
+                reader.start()
+                yield proc, line.split()[-1].removesuffix("/v1")
+                break
+        else:
+            raise AssertionError("never became ready:\n" + "".join(seen))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

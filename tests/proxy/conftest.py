@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 
 from proxy.app import create_app
+from proxy.cli import uvicorn_config
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, spawn_emulator
 from proxy.services import Services
@@ -138,9 +139,7 @@ async def serve_proxy(
     """The proxy under uvicorn; by default yields once start-up reconciliation is done."""
     app = create_app(config)
     sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, lifespan="on", log_level="warning", timeout_graceful_shutdown=5)
-    )
+    server = uvicorn.Server(uvicorn_config(app, config, "warning", grace_s=5))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(30):
         while not server.started:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +12,7 @@ import openai
 import pytest
 import yaml
 
-from tests.processes import alive
+from tests.processes import alive, launched
 from tests.proxy.conftest import Fleet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,34 +21,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
-
-
-@contextlib.contextmanager
-def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Run `vllm-switch ARGS`, wait for the line starting with `ready_prefix`, yield its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        seen = []
-        for line in proc.stdout:
-            seen.append(line)
-            if line.strip().startswith(ready_prefix):
-                yield proc, line.split()[-1].removesuffix("/v1")
-                break
-        else:
-            raise AssertionError("never became ready:\n" + "".join(seen))
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path) -> None:

@@ -97,3 +97,25 @@ async def test_input_limits(fleet: Fleet, body: dict[str, Any], needle: str) -> 
         r = await c.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
     assert needle in r.json()["error"]["message"]
+
+
+async def test_oversized_headers_get_an_openai_431(fleet: Fleet) -> None:
+    """20 KB of headers: past the default 16 KiB limit, but inside the HTTP server's own
+    buffer, so the answer is a JSON 431 that names the limit, not uvicorn's bare 400."""
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        big = await c.post(
+            "/v1/chat/completions", json=chat("model-a"), headers={"x-pad": "p" * 20_000}
+        )
+        fine = await c.post(
+            "/v1/chat/completions", json=chat("model-a"), headers={"x-pad": "p" * 8_000}
+        )
+        metrics = (await c.get("/metrics")).text
+    assert big.status_code == 431
+    assert big.json()["error"]["code"] == "headers_too_large"
+    assert "the limit is 16384" in big.json()["error"]["message"]
+    assert fine.status_code == 200
+    assert 'vllm_switch_rejected_total{model="unknown",reason="too_large"} 1.0' in metrics

@@ -1,0 +1,38 @@
+"""HeaderLimitMiddleware: refuse oversized request heads with an OpenAI-style 431.
+
+Stateless. The HTTP server has its own, larger, hard limit (uvicorn's h11 buffer, set by
+`vllm-switch serve` to this limit plus 64 KiB): between the two, clients get a JSON 431 that
+names the limit instead of the server's bare `400 Invalid HTTP request`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from proxy.errors import HeadersTooLargeError, send_error
+
+H11_SLACK_BYTES = 64 * 1024
+
+
+class HeaderLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int, on_reject: Callable[[], None]) -> None:
+        self._app = app
+        self._max = max_bytes
+        self._on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])  # ": " and CRLF
+            if size > self._max:
+                self._on_reject()
+                await send_error(
+                    send,
+                    HeadersTooLargeError(
+                        f"request line and headers are {size} bytes; the limit is {self._max}"
+                    ),
+                )
+                return
+        await self._app(scope, receive, send)
