@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -50,7 +51,37 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def config(tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def sockets_by_peer(pid: int, backend_ports: set[int]) -> dict[str, int]:
+    """The process's TCP sockets: listening, to a backend, or other (clients), from /proc/net."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    kinds: Counter[str] = Counter()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[9] not in inodes:
+                continue
+            remote = int(cols[2].rsplit(":", 1)[1], 16)
+            state = (
+                "listening"
+                if cols[3] == "0A"
+                else "to_backend"
+                if remote in backend_ports
+                else "other"
+            )
+            kinds[state] += 1
+    return dict(kinds)
+
+
+def threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def config(tmp: Path, log_level: str) -> tuple[dict[str, Any], dict[str, str]]:
     models, urls = [], {}
     for name in MODELS:
         port = free_port()
@@ -97,7 +128,7 @@ def config(tmp: Path) -> tuple[dict[str, Any], dict[str, str]]:
         "port": 0,
         "gpus": [{"name": "g0", "max_awake": 2}],
         "models": models,
-        "logging": {"format": "plain", "level": "warning"},
+        "logging": {"format": "json", "level": log_level},
         "limits": {"queue_timeout_s": 30},
     }
     return cfg, urls
@@ -158,7 +189,7 @@ async def chaos(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vllm-switch-soak-"))
-    cfg, urls = config(tmp)
+    cfg, urls = config(tmp, args.log_level)
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = (tmp / "proxy.log").open("w")
     proxy = await asyncio.create_subprocess_exec(
@@ -171,6 +202,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **dict(kv.split("=", 1) for kv in args.proxy_env)},
     )
     try:
         deadline = time.monotonic() + 60
@@ -194,6 +226,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             t0 = time.monotonic()
             chaos_task = asyncio.create_task(
                 chaos(urls, random.Random(args.seed + 1), stop, faults)
+                if args.faults
+                else stop.wait()
             )
             samples: list[dict[str, float]] = []
 
@@ -204,6 +238,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "t_s": round(time.monotonic() - t0, 1),
                             "rss_kib": rss_kib(proxy.pid),
                             "fds": open_fds(proxy.pid),
+                            "threads": threads(proxy.pid),
                         }
                     )
                     await asyncio.sleep(args.sample_s)
@@ -242,11 +277,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 except (httpx.HTTPError, ValueError, KeyError):  # down, dying or restarting
                     backends_running[name] = None
         rss_end, fds_end = rss_kib(proxy.pid), open_fds(proxy.pid)
+        ports = {int(u.rsplit(":", 1)[1]) for u in urls.values()}
+        sockets_end = sockets_by_peer(proxy.pid, ports)
         ledger = json.loads((tmp / "ledger" / "soak.json").read_text())
         sent = sum(outcomes.values())
         return {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host_cpus": os.cpu_count(),
+            "proxy_env": args.proxy_env,
             "requests_sent": sent,
             "seconds": round(elapsed, 1),
             "requests_per_s": round(sent / elapsed, 1),
@@ -263,6 +301,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "backend_running": backends_running,
                 "proxy_fds_start": fds_start,
                 "proxy_fds_end": fds_end,
+                "proxy_sockets_end": sockets_end,
             },
             "rss_kib": {
                 "start": rss_start,
@@ -290,6 +329,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--sample-s", type=float, default=15)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--log-level", default="warning", help="the proxy's (info: one line per request)"
+    )
+    p.add_argument(
+        "--no-faults", dest="faults", action="store_false", help="no injected OOMs or deaths"
+    )
+    p.add_argument(
+        "--proxy-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the proxy process (e.g. MALLOC_ARENA_MAX=1)",
+    )
     args = p.parse_args()
     report = asyncio.run(run(args))
     text = json.dumps(report, indent=1)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy import __version__
+from proxy.listen import tcp_listener
 
 if TYPE_CHECKING:
     import uvicorn
@@ -41,6 +41,7 @@ def uvicorn_config(
         app,
         lifespan="on",
         log_level=log_level,
+        access_log=False,  # the proxy logs one richer line per request itself (requestlog.py)
         timeout_graceful_shutdown=grace_s,
         h11_max_incomplete_event_size=config.limits.max_header_bytes + H11_SLACK_BYTES,
     )
@@ -58,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.host
     port = config.port if args.port is None else args.port
     configure_logging(config.logging.format, config.logging.level)
-    sock = socket.create_server((host, port))  # bound first: --port 0 works, and we can say where
+    sock = tcp_listener(host, port)  # bound first: --port 0 works, and we can say where
     print(f"vllm-switch listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn_config(create_app(config), config, "info", grace_s=30))
     # uvicorn drains open requests (streams included, up to 30 s), then re-raises the signal it

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ import uvicorn
 from proxy.app import create_app
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially
+from proxy.listen import tcp_listener
 
 GPU = "demo-gpu"
 MODELS = (
@@ -104,7 +104,7 @@ def demo_config(emulators: list[EmulatorProcess], host: str, port: int) -> Proxy
 
 
 def run_demo(host: str, port: int) -> int:
-    sock = socket.create_server((host, port))  # bound and listening before anything starts
+    sock = tcp_listener(host, port)  # bound and listening before anything starts
     bound = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="vllm-switch-demo-") as tmp:
         print(f"starting two emulated vLLM servers (logs in {tmp}) ...", flush=True)  # noqa: T201

@@ -23,6 +23,7 @@ from proxy.emulator.ledger import GpuLedger
 from proxy.emulator.metrics import EngineMetrics
 from proxy.emulator.protocol import VLLM_VERSION
 from proxy.emulator.settings import GIB, EmulatorSettings, parse_settings
+from proxy.listen import tcp_listener
 
 log = logging.getLogger("vllm.emulator")
 DEATH_EXIT_DELAY_S = 5.0
@@ -104,7 +105,10 @@ async def run(settings: EmulatorSettings, *, dev_mode: bool) -> int:
         log.warning(
             "SECURITY WARNING: Development endpoints are enabled! This should NOT be used in production!"
         )
-    sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+    if settings.nodelay:  # connections with TCP_NODELAY: chunks leave one by one
+        sock = tcp_listener(settings.host, settings.port)
+    else:  # as vLLM 0.26 binds (proto 0): Nagle may bunch small chunks
+        sock = socket.create_server((settings.host, settings.port), reuse_port=False)
     config = uvicorn.Config(
         app,
         log_level="warning",

@@ -118,6 +118,7 @@ class EmulatorSettings:
     timings: Timings = field(default_factory=lambda: Timings.h100(1.11))
     faults: tuple[str, ...] = ()
     port_file: Path | None = None
+    nodelay: bool = False  # TCP_NODELAY on connections (vLLM 0.26: no, see proxy/listen.py)
 
     @property
     def total_bytes(self) -> int:
@@ -197,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"seconds: {name.removesuffix('_s').replace('_', ' ')} (overrides --emu-timing)",
         )
     emu.add_argument(
+        "--emu-nodelay",
+        action="store_true",
+        help="TCP_NODELAY on client connections (vLLM 0.26 leaves Nagle on: small stream chunks "
+        "may leave in bursts); for benchmarks that measure the gap between chunks",
+    )
+    emu.add_argument(
         "--emu-fault",
         action="append",
         default=[],
@@ -247,4 +254,5 @@ def parse_settings(argv: list[str]) -> EmulatorSettings:
         timings=timings,
         faults=tuple(ns.emu_fault),
         port_file=ns.emu_port_file,
+        nodelay=ns.emu_nodelay,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, spawn_emulator
+from proxy.listen import tcp_listener
 from proxy.services import Services
 from tests.processes import emulator_stats, free_port
 
@@ -138,7 +138,7 @@ async def serve_proxy(
 ) -> AsyncIterator[RunningProxy]:
     """The proxy under uvicorn; by default yields once start-up reconciliation is done."""
     app = create_app(config)
-    sock = socket.create_server(("127.0.0.1", 0))
+    sock = tcp_listener("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn_config(app, config, "warning", grace_s=5))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     async with asyncio.timeout(30):
