@@ -1,0 +1,422 @@
+"""Proxy overhead: one load generator, the same emulated vLLM, reached directly, through
+vllm-switch and through LiteLLM's proxy.
+
+Targets alternate within every round (their order rotates each round), so drift on the machine
+hits all of them alike. For each concurrency and target, a non-streaming phase (total latency)
+and a streaming phase (time to first token, gap between chunks) run back to back on HTTP/1.1
+keep-alive connections (one pool of `concurrency` connections per target). Added latency is a
+proxy's percentile minus the direct percentile from the same rounds. CPU per request is the
+proxy process's (and its children's) user+system time over the requests it served.
+
+The backend is the vLLM 0.26 emulator with H100 timings (first token 20 ms, 2.5 ms per token;
+`--emu-timing h100`), one model, awake: no switch ever happens, this measures the path only.
+With `--pin` the proxies run on the last CPU and everything else (this generator, the
+emulator) on the others, so a proxy never competes with the load for a core.
+
+    python3 bench/overhead.py --litellm /path/to/venv/bin/litellm --out bench/results/overhead.json
+    python3 bench/overhead.py --smoke          # seconds; CI runs this so the script keeps working
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from proxy.emulator.launcher import EmulatorProcess, spawn_emulator  # noqa: E402
+from tests.processes import free_port  # noqa: E402
+
+MODEL = "bench-model"
+KEY = "sk-bench-0123456789"  # both proxies check a client key, as deployed
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Samples:
+    total_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+    gap_s: list[float] = field(default_factory=list)
+    chunks: list[int] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+    requests: int = 0
+    cpu_s: float = 0.0
+
+
+# ----- processes -----------------------------------------------------------------------------
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of `pid` and every descendant still alive."""
+    total, todo = 0.0, [pid]
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(entry.name))
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS
+        todo.extend(kids.get(p, []))
+    return total
+
+
+@contextlib.contextmanager
+def server(argv: list[str], log: Path, env: dict[str, str], cpus: set[int] | None) -> Iterator[int]:
+    """Run a server in its own process group; stop it (by its PID's group) on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+            start_new_session=True,
+        )
+    try:
+        if cpus:
+            os.sched_setaffinity(proc.pid, cpus)
+        yield proc.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_ready(url: str, path: str, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)  # polling another process's start-up
+    raise RuntimeError(f"{url} never became ready:\n{log.read_text()[-3000:]}")
+
+
+def emulator(work: Path, cpus: set[int] | None) -> EmulatorProcess:
+    args = [
+        MODEL,
+        "--served-model-name",
+        MODEL,
+        "--emu-timing",
+        "h100",
+        "--emu-startup-s",
+        "0",
+        "--max-model-len",
+        "4096",
+        "--emu-nodelay",  # evenly spaced chunks, so a proxy's own bunching would show
+    ]
+    emu = spawn_emulator(work, args, name=MODEL)
+    if cpus:
+        os.sched_setaffinity(emu.proc.pid, cpus)
+    emu.wait_listening()
+    return emu
+
+
+def switch_argv(work: Path, backend: str, port: int) -> list[str]:
+    cfg = {
+        "host": "127.0.0.1",
+        "port": port,
+        "models": [{"name": MODEL, "url": backend}],
+        "auth": {"api_keys": [KEY]},
+    }
+    (work / "vllm-switch.yaml").write_text(yaml.safe_dump(cfg))
+    return [sys.executable, "-m", "proxy", "serve", "--config", str(work / "vllm-switch.yaml")]
+
+
+def litellm_argv(work: Path, exe: str, backend: str, port: int) -> list[str]:
+    cfg = {
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"hosted_vllm/{MODEL}",
+                    "api_base": f"{backend}/v1",
+                    "api_key": "none",
+                },
+            }
+        ],
+        "litellm_settings": {"drop_params": True, "telemetry": False},
+    }
+    (work / "litellm.yaml").write_text(yaml.safe_dump(cfg))
+    return [exe, "--config", str(work / "litellm.yaml"), "--host", "127.0.0.1", "--port", str(port)]
+
+
+# ----- load ------------------------------------------------------------------------------------
+def body(stream: bool, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say something about switching models."}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+
+
+async def one(c: httpx.AsyncClient, stream: bool, max_tokens: int, s: Samples) -> None:
+    t0 = time.perf_counter()
+    try:
+        if not stream:
+            r = await c.post("/v1/chat/completions", json=body(False, max_tokens))
+            r.raise_for_status()
+            s.total_s.append(time.perf_counter() - t0)
+            return
+        async with c.stream("POST", "/v1/chat/completions", json=body(True, max_tokens)) as r:
+            r.raise_for_status()
+            last, n = None, 0
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    s.ttft_s.append(now - t0)
+                else:
+                    s.gap_s.append(now - last)
+                last, n = now, n + 1
+            s.chunks.append(n)
+            s.total_s.append(time.perf_counter() - t0)
+    except httpx.HTTPError:
+        s.errors += 1
+
+
+async def phase(
+    url: str, pid: int | None, conc: int, n: int, stream: bool, max_tokens: int, s: Samples
+) -> None:
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=headers) as c:
+        await asyncio.gather(*(one(c, stream, max_tokens, Samples()) for _ in range(conc)))  # warm
+        left = [n]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                await one(c, stream, max_tokens, s)
+
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        s.wall_s += time.perf_counter() - t0
+        s.cpu_s += (cpu_seconds(pid) - cpu0) if pid else 0.0
+        s.requests += n
+
+
+# ----- report ----------------------------------------------------------------------------------
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 3)
+
+
+def summarize(s: Samples, stream: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "requests": s.requests,
+        "errors": s.errors,
+        "requests_per_s": round(s.requests / s.wall_s, 1) if s.wall_s else None,
+        "cpu_ms_per_request": round(1000 * s.cpu_s / s.requests, 3) if s.cpu_s else None,
+    }
+    metrics = {"ttft": s.ttft_s, "gap": s.gap_s} if stream else {"total": s.total_s}
+    for name, xs in metrics.items():
+        out[f"{name}_p50_ms"], out[f"{name}_p99_ms"] = ms(pct(xs, 0.5)), ms(pct(xs, 0.99))
+    if stream and s.chunks:
+        out["chunks_per_stream"] = statistics.mean(s.chunks)
+    return out
+
+
+def added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"added_{k}": round(proxy[k] - direct[k], 3)
+        for k in proxy
+        if k.endswith(("_p50_ms", "_p99_ms")) and proxy[k] is not None and direct.get(k) is not None
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="vllm-switch-overhead-"))
+    cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpus = {cpus[-1]} if args.pin and len(cpus) > 1 else None
+    rest = set(cpus[:-1]) if proxy_cpus else None
+    if rest:
+        os.sched_setaffinity(0, rest)
+    emu = emulator(work, rest)
+    samples: dict[tuple[str, int, bool], Samples] = {}
+    try:
+        with contextlib.ExitStack() as stack:
+            targets: dict[str, tuple[str, int | None]] = {"direct": (emu.url, None)}
+            port = free_port()
+            pid = stack.enter_context(
+                server(switch_argv(work, emu.url, port), work / "vllm-switch.log", {}, proxy_cpus)
+            )
+            targets["vllm-switch"] = (f"http://127.0.0.1:{port}", pid)
+            if args.litellm:
+                port = free_port()
+                env = {
+                    "LITELLM_MASTER_KEY": KEY,
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network here
+                    "LITELLM_LOG": "ERROR",
+                    "LITELLM_TELEMETRY": "False",
+                }
+                pid = stack.enter_context(
+                    server(
+                        litellm_argv(work, args.litellm, emu.url, port),
+                        work / "litellm.log",
+                        env,
+                        proxy_cpus,
+                    )
+                )
+                targets["litellm"] = (f"http://127.0.0.1:{port}", pid)
+            for name, (url, _) in targets.items():
+                path = (
+                    "/ready"
+                    if name == "vllm-switch"
+                    else "/health"
+                    if name == "direct"
+                    else "/health/liveliness"
+                )
+                wait_ready(url, path, work / f"{name}.log")
+            if args.profile:
+                stack.enter_context(profiled(targets["vllm-switch"][1], args.profile))
+            names = list(targets)
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names) :] + names[: rnd % len(names)]
+                for conc in args.concurrency:
+                    n = max(args.requests, conc * args.per_connection)
+                    for name in order:
+                        url, pid = targets[name]
+                        for stream in (False, True):
+                            s = samples.setdefault((name, conc, stream), Samples())
+                            await phase(url, pid, conc, n, stream, args.max_tokens, s)
+                print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)  # noqa: T201
+    finally:
+        emu.stop()
+    return report(args, samples, proxy_cpus)
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, out: Path) -> Iterator[None]:
+    """py-spy samples the vllm-switch process for the whole measurement."""
+    assert pid is not None
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "speedscope",
+            "--output",
+            str(out),
+            "--rate",
+            "250",
+        ]
+    )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
+def report(
+    args: argparse.Namespace,
+    samples: dict[tuple[str, int, bool], Samples],
+    proxy_cpus: set[int] | None,
+) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for (name, conc, stream), s in sorted(samples.items(), key=lambda kv: (kv[0][1], kv[0][2])):
+        row = {"target": name, "concurrency": conc, "stream": stream, **summarize(s, stream)}
+        if name != "direct":
+            row.update(added(row, summarize(samples[("direct", conc, stream)], stream)))
+        rows.append(row)
+    return {
+        "benchmark": "overhead",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "proxy_pinned_to_cpus": sorted(proxy_cpus) if proxy_cpus else None,
+        },
+        "versions": {
+            "vllm-switch": _version([sys.executable, "-m", "proxy", "--version"]),
+            "litellm": _version([args.litellm, "--version"]) if args.litellm else None,
+        },
+        "settings": {
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "requests_per_phase": args.requests,
+            "per_connection": args.per_connection,
+            "max_tokens": args.max_tokens,
+            "backend": "emulator, --emu-timing h100",
+        },
+        "results": rows,
+    }
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except OSError:
+        return "unknown"
+    return (
+        (out.stdout.strip() or out.stderr.strip()).splitlines()[-1]
+        if (out.stdout or out.stderr)
+        else "unknown"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--concurrency", type=lambda v: [int(x) for x in v.split(",")], default=[1, 16, 64, 256]
+    )
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--requests", type=int, default=300, help="requests per phase (at least)")
+    p.add_argument("--per-connection", type=int, default=4, help="...or this many per connection")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--litellm", default=None, help="path of the `litellm` executable (optional)")
+    p.add_argument("--pin", action="store_true", help="proxies on the last CPU, the rest elsewhere")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy speedscope output")
+    p.add_argument("--smoke", action="store_true", help="tiny run: concurrency 1,4, 1 round")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if args.smoke:
+        args.concurrency, args.rounds, args.requests, args.per_connection = [1, 4], 1, 8, 1
+    result = asyncio.run(run(args))
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The overhead benchmark keeps working: its smoke mode runs end to end (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "overhead.py"), "--smoke", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=110,
+    )
+    rows = json.loads(out.read_text())["results"]
+    seen = {(r["target"], r["concurrency"], r["stream"]) for r in rows}
+    assert seen == {
+        (t, c, s) for t in ("direct", "vllm-switch") for c in (1, 4) for s in (False, True)
+    }
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
+    streams = {(r["target"], r["concurrency"]): r["chunks_per_stream"] for r in rows if r["stream"]}
+    for c in (1, 4):  # every SSE event forwarded as its own event: none merged, none lost
+        assert streams[("vllm-switch", c)] == streams[("direct", c)] == 17  # role + 16 tokens
+    for r in rows:
+        if r["target"] == "vllm-switch":
+            assert r["cpu_ms_per_request"] > 0
+            assert ("added_ttft_p50_ms" if r["stream"] else "added_total_p50_ms") in r
