@@ -15,6 +15,8 @@ emulator) on the others, so a proxy never competes with the load for a core.
 
     python3 bench/overhead.py --litellm /path/to/venv/bin/litellm --out bench/results/overhead.json
     python3 bench/overhead.py --smoke          # seconds; CI runs this so the script keeps working
+    python3 bench/overhead.py --backend-url http://127.0.0.1:8001   # a real vLLM (bench/gpu/overhead.sh)
+    python3 bench/overhead.py --profile prof.json   # py-spy on vllm-switch, speedscope format
 """
 
 from __future__ import annotations
@@ -25,13 +27,10 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import cpu_seconds, profiled, server, version, wait_ready  # noqa: E402
 from proxy.emulator.launcher import EmulatorProcess, spawn_emulator  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 MODEL = "bench-model"
 KEY = "sk-bench-0123456789"  # both proxies check a client key, as deployed
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -57,65 +56,13 @@ class Samples:
     gap_s: list[float] = field(default_factory=list)
     chunks: list[int] = field(default_factory=list)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     requests: int = 0
     cpu_s: float = 0.0
 
 
 # ----- processes -----------------------------------------------------------------------------
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU of `pid` and every descendant still alive."""
-    total, todo = 0.0, [pid]
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                kids.setdefault(ppid, []).append(int(entry.name))
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
-        todo.extend(kids.get(p, []))
-    return total
-
-
-@contextlib.contextmanager
-def server(argv: list[str], log: Path, env: dict[str, str], cpus: set[int] | None) -> Iterator[int]:
-    """Run a server in its own process group; stop it (by its PID's group) on exit."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            start_new_session=True,
-        )
-    try:
-        if cpus:
-            os.sched_setaffinity(proc.pid, cpus)
-        yield proc.pid
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def wait_ready(url: str, path: str, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
-                return
-        time.sleep(0.2)  # polling another process's start-up
-    raise RuntimeError(f"{url} never became ready:\n{log.read_text()[-3000:]}")
-
-
 def emulator(work: Path, cpus: set[int] | None) -> EmulatorProcess:
     args = [
         MODEL,
@@ -198,8 +145,10 @@ async def one(c: httpx.AsyncClient, stream: bool, max_tokens: int, s: Samples) -
                 last, n = now, n + 1
             s.chunks.append(n)
             s.total_s.append(time.perf_counter() - t0)
-    except httpx.HTTPError:
+    except httpx.HTTPError as exc:
         s.errors += 1
+        kind = type(exc).__name__
+        s.error_kinds[kind] = s.error_kinds.get(kind, 0) + 1
 
 
 async def phase(
@@ -240,6 +189,7 @@ def summarize(s: Samples, stream: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "requests": s.requests,
         "errors": s.errors,
+        "error_kinds": s.error_kinds,
         "requests_per_s": round(s.requests / s.wall_s, 1) if s.wall_s else None,
         "cpu_ms_per_request": round(1000 * s.cpu_s / s.requests, 3) if s.cpu_s else None,
     }
@@ -266,14 +216,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rest = set(cpus[:-1]) if proxy_cpus else None
     if rest:
         os.sched_setaffinity(0, rest)
-    emu = emulator(work, rest)
+    emu = None if args.backend_url else emulator(work, rest)
+    backend = args.backend_url or emu.url  # type: ignore[union-attr]
     samples: dict[tuple[str, int, bool], Samples] = {}
     try:
         with contextlib.ExitStack() as stack:
-            targets: dict[str, tuple[str, int | None]] = {"direct": (emu.url, None)}
+            targets: dict[str, tuple[str, int | None]] = {"direct": (backend, None)}
             port = free_port()
             pid = stack.enter_context(
-                server(switch_argv(work, emu.url, port), work / "vllm-switch.log", {}, proxy_cpus)
+                server(switch_argv(work, backend, port), work / "vllm-switch.log", {}, proxy_cpus)
             )
             targets["vllm-switch"] = (f"http://127.0.0.1:{port}", pid)
             if args.litellm:
@@ -286,7 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 pid = stack.enter_context(
                     server(
-                        litellm_argv(work, args.litellm, emu.url, port),
+                        litellm_argv(work, args.litellm, backend, port),
                         work / "litellm.log",
                         env,
                         proxy_cpus,
@@ -316,33 +267,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             await phase(url, pid, conc, n, stream, args.max_tokens, s)
                 print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)  # noqa: T201
     finally:
-        emu.stop()
+        if emu is not None:
+            emu.stop()
     return report(args, samples, proxy_cpus)
-
-
-@contextlib.contextmanager
-def profiled(pid: int | None, out: Path) -> Iterator[None]:
-    """py-spy samples the vllm-switch process for the whole measurement."""
-    assert pid is not None
-    spy = subprocess.Popen(
-        [
-            "py-spy",
-            "record",
-            "--pid",
-            str(pid),
-            "--format",
-            "speedscope",
-            "--output",
-            str(out),
-            "--rate",
-            "250",
-        ]
-    )
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(timeout=60)
 
 
 def report(
@@ -367,8 +294,8 @@ def report(
             "proxy_pinned_to_cpus": sorted(proxy_cpus) if proxy_cpus else None,
         },
         "versions": {
-            "vllm-switch": _version([sys.executable, "-m", "proxy", "--version"]),
-            "litellm": _version([args.litellm, "--version"]) if args.litellm else None,
+            "vllm-switch": version([sys.executable, "-m", "proxy", "--version"]),
+            "litellm": version([args.litellm, "--version"]) if args.litellm else None,
         },
         "settings": {
             "rounds": args.rounds,
@@ -376,22 +303,10 @@ def report(
             "requests_per_phase": args.requests,
             "per_connection": args.per_connection,
             "max_tokens": args.max_tokens,
-            "backend": "emulator, --emu-timing h100",
+            "backend": args.backend_url or "emulator, --emu-timing h100 --emu-nodelay",
         },
         "results": rows,
     }
-
-
-def _version(argv: list[str]) -> str:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    except OSError:
-        return "unknown"
-    return (
-        (out.stdout.strip() or out.stderr.strip()).splitlines()[-1]
-        if (out.stdout or out.stderr)
-        else "unknown"
-    )
 
 
 def main() -> None:
@@ -404,6 +319,11 @@ def main() -> None:
     p.add_argument("--per-connection", type=int, default=4, help="...or this many per connection")
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--litellm", default=None, help="path of the `litellm` executable (optional)")
+    p.add_argument(
+        "--backend-url",
+        default=None,
+        help=f"a running vLLM serving {MODEL!r} instead of the emulator (e.g. real vLLM on a GPU)",
+    )
     p.add_argument("--pin", action="store_true", help="proxies on the last CPU, the rest elsewhere")
     p.add_argument("--profile", type=Path, default=None, help="py-spy speedscope output")
     p.add_argument("--smoke", action="store_true", help="tiny run: concurrency 1,4, 1 round")
