@@ -28,6 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
+CLOSE_TIMEOUT_S = 1.0
 SocketOption = (
     tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
 )
@@ -64,8 +65,11 @@ class _Stream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        try:  # a backend that stopped reading must not hold the caller (shielded cleanups await this)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._writer.wait_closed()
+        except (TimeoutError, OSError):
+            self._writer.transport.abort()
 
     async def start_tls(
         self,
