@@ -113,6 +113,12 @@ async def prometheus(tmp_path: Path, target: str) -> AsyncIterator[httpx.AsyncCl
     )
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+            async with asyncio.timeout(60):  # until its TSDB is open: before, queries get 503 text
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await api.get("/-/ready")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)  # polling another process's start-up
             yield api
     finally:
         with contextlib.suppress(ProcessLookupError):
