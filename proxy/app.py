@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from proxy.auth import AuthMiddleware
+from proxy.auth import AuthMiddleware, guarding_keys
 from proxy.config import ProxyConfig
 from proxy.errors import install_exception_handlers
 from proxy.limits import HeaderLimitMiddleware
@@ -39,7 +39,12 @@ def create_app(
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             spec = FastAPI.openapi(app)
-            keyed = [p for p in spec["paths"] if AuthMiddleware.keys_needed(config.auth, p)]
+            admin = config.auth.admin_keys or config.auth.api_keys
+            keyed = [
+                p
+                for p in spec["paths"]
+                if guarding_keys(p, config.auth.api_keys, admin, config.auth.metrics_public)
+            ]
             app.openapi_schema = schemas.document(spec, names, keyed)
         return app.openapi_schema
 

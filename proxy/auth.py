@@ -12,17 +12,33 @@ drops the client's Authorization header before forwarding (backends get their ow
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import AuthConfig
-from proxy.errors import UnauthorizedError, send_error
+from proxy.errors import UnauthorizedError
 
 CLIENT_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+K = TypeVar("K")
 
 
-def _matches(given: bytes, keys: tuple[bytes, ...]) -> bool:
+def guarding_keys(
+    path: str, client: Sequence[K], admin: Sequence[K], metrics_public: bool
+) -> Sequence[K]:
+    """The keys that guard `path` (empty: open). The one place the table above is decided:
+    the middleware passes encoded keys, the OpenAPI document the configured ones."""
+    if path.startswith(CLIENT_PREFIXES):
+        return client
+    if path.startswith("/admin"):
+        return admin
+    if path == "/metrics" and not metrics_public:
+        return admin
+    return ()
+
+
+def _matches(given: bytes, keys: Sequence[bytes]) -> bool:
     ok = False
     for key in keys:  # no early exit: time does not depend on which key matched
         ok |= hmac.compare_digest(given, key)
@@ -37,38 +53,20 @@ class AuthMiddleware:
         self._metrics_public = auth.metrics_public
         self._on_reject = on_reject
 
-    @staticmethod
-    def keys_needed(auth: AuthConfig, path: str) -> bool:
-        """Whether `path` needs a key under `auth` (for the OpenAPI document)."""
-        return bool(AuthMiddleware(_no_app, auth, lambda _: None)._required(path))
-
-    def _required(self, path: str) -> tuple[bytes, ...]:
-        if path.startswith(CLIENT_PREFIXES):
-            return self._client
-        if path.startswith("/admin"):
-            return self._admin
-        if path == "/metrics" and not self._metrics_public:
-            return self._admin
-        return ()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self._app(scope, receive, send)
             return
-        keys = self._required(scope["path"])
+        keys = guarding_keys(scope["path"], self._client, self._admin, self._metrics_public)
         if keys:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
             if not _matches(given, keys):
                 self._on_reject(scope["path"])
                 why = "missing api key" if not given else "invalid api key"
-                await send_error(
-                    send,
-                    UnauthorizedError(f"{why}: send 'Authorization: Bearer <key>'"),
-                    ((b"www-authenticate", b"Bearer"),),
-                )
+                response = UnauthorizedError(
+                    f"{why}: send 'Authorization: Bearer <key>'"
+                ).response()
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)
-
-
-async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
-    raise NotImplementedError

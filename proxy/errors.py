@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Send
 
 ERROR_HEADER = "X-VLLM-Switch-Error"
 
@@ -129,22 +128,6 @@ class UpstreamTimeoutError(ProxyError):
 
 class ClientGoneError(Exception):
     """The client disconnected before its request was answered (nothing is sent back)."""
-
-
-async def send_error(
-    send: Send, exc: ProxyError, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    """Answer from a pure ASGI middleware (before FastAPI's handlers run) with the same body
-    and headers as `exc.response()`."""
-    body = json.dumps(exc.body()).encode()
-    head = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (ERROR_HEADER.lower().encode(), exc.code.encode()),
-        *headers,
-    ]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": head})
-    await send({"type": "http.response.body", "body": body})
 
 
 def sse_error(exc: ProxyError) -> bytes:

@@ -23,9 +23,8 @@ class GpuGroup:
         self.members = members
         self.lock = asyncio.Lock()
         self.reconciled = asyncio.Event()
-        self.phase: str | None = (
-            None  # draining | sleeping | waking | starting, while a switch runs
-        )
+        # draining | sleeping | waking | starting, while a switch runs
+        self.phase: str | None = None
         self._phase_since = 0.0
         self._phase_limit_s = 0.0
 

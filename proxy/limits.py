@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy.errors import HeadersTooLargeError, send_error
+from proxy.errors import HeadersTooLargeError
 
 H11_SLACK_BYTES = 64 * 1024
 
@@ -28,11 +28,7 @@ class HeaderLimitMiddleware:
             size += sum(len(k) + len(v) + 4 for k, v in scope["headers"])  # ": " and CRLF
             if size > self._max:
                 self._on_reject()
-                await send_error(
-                    send,
-                    HeadersTooLargeError(
-                        f"request line and headers are {size} bytes; the limit is {self._max}"
-                    ),
-                )
+                too_large = f"request line and headers are {size} bytes; the limit is {self._max}"
+                await HeadersTooLargeError(too_large).response()(scope, receive, send)
                 return
         await self._app(scope, receive, send)

@@ -39,7 +39,7 @@ from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.gate import SingleFlight
 from proxy.group import GpuGroup
 from proxy.metrics import LiveBackend, LiveGroup, Metrics
-from proxy.plan import Member, plan_switch
+from proxy.plan import Member, Plan, plan_switch
 from proxy.supervisor import Supervisor
 from proxy.transitions import Transitions
 
@@ -166,8 +166,7 @@ class Switcher:
                 return NO_SWITCH
             if target.state is BackendState.FAILED and self._supervisor.restart_wait(target) != 0:
                 raise self._failed(target)
-            members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
-            plan = plan_switch(name, members, group.max_awake)
+            plan = _plan(name, group)
             if plan.blocked_by:
                 raise BackendUnavailableError(
                     f"GPU group {group.name!r} is blocked: {', '.join(plan.blocked_by)} failed and may "
@@ -240,8 +239,7 @@ class Switcher:
         next to a failed member that may still hold memory (a wedged engine leaks it).
         Best effort: the waiters of `failed` get their 503 once this is done."""
         for victim in reversed(slept):
-            members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
-            plan = plan_switch(victim.name, members, group.max_awake)
+            plan = _plan(victim.name, group)
             if victim.state is not BackendState.ASLEEP or plan.victims or plan.blocked_by:
                 continue
             try:
@@ -328,3 +326,9 @@ class Switcher:
     async def close(self) -> None:
         for flight in self._flights.values():
             await flight.cancel()
+
+
+def _plan(target: str, group: GpuGroup) -> Plan:
+    """plan_switch on a snapshot of the group as it is now."""
+    members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
+    return plan_switch(target, members, group.max_awake)
