@@ -23,8 +23,8 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path) -> None:
-    fleet.start(("model-a", []), ("model-b", []))
+def serve_config(fleet: Fleet, tmp_path: Path) -> Path:
+    """A config file for `vllm-switch serve` on a kernel-chosen port, models a and b on g0."""
     config = {
         "host": "127.0.0.1",
         "port": 0,
@@ -33,6 +33,12 @@ def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path)
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_serve_with_a_config_file_and_the_sync_sdk(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    path = serve_config(fleet, tmp_path)
     with (
         launched(["serve", "--config", str(path)], "vllm-switch listening on") as (_, url),
         openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client,
@@ -101,14 +107,7 @@ def test_example_config_passes_check_config() -> None:
 
 def test_sigterm_drains_an_open_stream_then_exits_0(fleet: Fleet, tmp_path: Path) -> None:
     fleet.start(("model-b", []), ("model-a", ["--emu-itl-s", "0.01"]))
-    config = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "gpus": [{"name": "g0"}],
-        "models": [{"name": n, "url": fleet.url(n), "gpu": "g0"} for n in ("model-a", "model-b")],
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path = serve_config(fleet, tmp_path)
     body = {
         "model": "model-a",
         "messages": [{"role": "user", "content": "Hi"}],

@@ -13,7 +13,7 @@ import httpx
 
 from proxy.config import ProxyConfig
 from tests.processes import alive, free_port
-from tests.proxy.conftest import chat, serve_proxy
+from tests.proxy.conftest import RunningProxy, chat, serve_proxy
 
 
 def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
@@ -65,6 +65,19 @@ def ledger(tmp: Path) -> dict[str, Any]:
     return data
 
 
+async def crash(proxy: RunningProxy, name: str) -> int:
+    """SIGKILL a supervised backend's process group; wait until the proxy saw it. Its old PID."""
+    proc = proxy.services.supervisor.process(name)
+    assert proc is not None
+    assert proc.pid is not None
+    pid = proc.pid
+    os.killpg(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):
+        while proxy.state(name) != "failed":
+            await asyncio.sleep(0.01)  # poll until the watcher saw the crash
+    return pid
+
+
 async def test_bootstrap_starts_one_at_a_time_and_shutdown_stops_all(tmp_path: Path) -> None:
     """Both fit only alone: starting them concurrently would make the second refuse to start."""
     cfg = config(supervised("model-a", tmp_path), supervised("model-b", tmp_path))
@@ -91,12 +104,7 @@ async def test_crashed_backend_is_restarted_by_the_next_request(tmp_path: Path) 
     async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
         proc = proxy.services.supervisor.process("model-b")
         assert proc is not None
-        assert proc.pid is not None
-        old_pid = proc.pid
-        os.killpg(old_pid, signal.SIGKILL)
-        async with asyncio.timeout(10):
-            while proxy.state("model-b") != "failed":
-                await asyncio.sleep(0.01)  # poll until the watcher saw the crash
+        old_pid = await crash(proxy, "model-b")
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
         assert r.status_code == 200
         assert proc.pid != old_pid
@@ -110,13 +118,7 @@ async def test_crash_loop_leaves_the_backend_failed(tmp_path: Path) -> None:
         supervised("model-b", tmp_path, restart={"max_restarts": 0}),
     )
     async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
-        proc = proxy.services.supervisor.process("model-b")
-        assert proc is not None
-        assert proc.pid is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-        async with asyncio.timeout(10):
-            while proxy.state("model-b") != "failed":
-                await asyncio.sleep(0.01)
+        await crash(proxy, "model-b")
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
         other = await c.post("/v1/chat/completions", json=chat("model-a"))
     assert r.status_code == 503
@@ -161,13 +163,7 @@ async def test_requests_during_restart_backoff_get_503_with_retry_after(tmp_path
         supervised("model-a", tmp_path), supervised("model-b", tmp_path, restart={"backoff_s": 30})
     )
     async with serve_proxy(cfg) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=30) as c:
-        proc = proxy.services.supervisor.process("model-b")
-        assert proc is not None
-        assert proc.pid is not None
-        os.killpg(proc.pid, signal.SIGKILL)
-        async with asyncio.timeout(10):
-            while proxy.state("model-b") != "failed":
-                await asyncio.sleep(0.01)
+        await crash(proxy, "model-b")
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
     assert r.status_code == 503
     assert "restarting it in" in r.json()["error"]["message"]
