@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from proxy.emulator.launcher import EmulatorProcess, running_emulator, spawn_emulator
 
@@ -23,6 +25,7 @@ __all__ = [
     "emulator_stats",
     "free_port",
     "launched",
+    "required_tool",
     "running_emulator",
     "spawn_emulator",
 ]
@@ -82,3 +85,14 @@ def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Po
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def required_tool(name: str, hint: str) -> str:
+    """The path of an external tool: the test fails under CI without it, and is skipped
+    elsewhere (`hint` says how to get it)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI ({hint})")
+        pytest.skip(f"{name} not installed ({hint})")
+    return path

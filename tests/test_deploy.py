@@ -3,8 +3,6 @@ and the configs they ship load - all without a Docker engine."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,18 +10,14 @@ import pytest
 import yaml
 
 from proxy.config import load_config, parse_config
+from tests.processes import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{name} not installed")
-    return path
+    return required_tool(name, ".ci/run installs it")
 
 
 def test_compose_file_is_valid_for_docker_compose() -> None:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import yaml
 
-from tests.processes import free_port
+from tests.processes import free_port, required_tool
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -34,12 +32,7 @@ MUST_HAVE_DATA = ("Wake latency", "Warm-up latency", "Switch latency")
 
 
 def binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is required in CI (.ci/run installs Debian's prometheus package)")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
-    return path
+    return required_tool(name, "Debian's prometheus package; .ci/run installs it")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
