@@ -6,10 +6,14 @@ hits all of them alike. For each concurrency and target, a non-streaming phase (
 and a streaming phase (time to first token, gap between chunks) run back to back on HTTP/1.1
 keep-alive connections (one pool of `concurrency` connections per target). Added latency is a
 proxy's percentile minus the direct percentile from the same rounds. CPU per request is the
-proxy process's (and its children's) user+system time over the requests it served.
+proxy process's (and its children's) user+system time over the requests it served. Clients
+start spread over one request's duration (not as one herd), and requests/s is counted while
+all of them are busy. A direct row's `slowdown_vs_1_concurrent` above ~1.1 says the backend
+itself queues at that concurrency: the "added" numbers there compare two queues.
 
-The backend is the vLLM 0.26 emulator with H100 timings (first token 20 ms, 2.5 ms per token;
-`--emu-timing h100`), one model, awake: no switch ever happens, this measures the path only.
+The backend is the vLLM 0.26 emulator, by default with H100 timings of a small model (first
+token 20 ms, 2.5 ms per token; `--ttft-ms`, `--itl-ms` change them), one model, awake: no
+switch ever happens, this measures the path only.
 With `--pin` the proxies run on the last CPU and everything else (this generator, the
 emulator) on the others, so a proxy never competes with the load for a core.
 
@@ -57,13 +61,14 @@ class Samples:
     chunks: list[int] = field(default_factory=list)
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
-    wall_s: float = 0.0
+    busy_s: float = 0.0  # time during which every client had a request in flight
+    busy_requests: int = 0  # requests that ended within it
     requests: int = 0
     cpu_s: float = 0.0
 
 
 # ----- processes -----------------------------------------------------------------------------
-def emulator(work: Path, cpus: set[int] | None) -> EmulatorProcess:
+def emulator(work: Path, cpus: set[int] | None, ttft_ms: float, itl_ms: float) -> EmulatorProcess:
     args = [
         MODEL,
         "--served-model-name",
@@ -74,6 +79,10 @@ def emulator(work: Path, cpus: set[int] | None) -> EmulatorProcess:
         "0",
         "--max-model-len",
         "4096",
+        "--emu-ttft-s",
+        str(ttft_ms / 1000),
+        "--emu-itl-s",
+        str(itl_ms / 1000),
         "--emu-nodelay",  # evenly spaced chunks, so a proxy's own bunching would show
     ]
     emu = spawn_emulator(work, args, name=MODEL)
@@ -157,18 +166,29 @@ async def phase(
     limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
     headers = {"Authorization": f"Bearer {KEY}"}
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120, headers=headers) as c:
-        await asyncio.gather(*(one(c, stream, max_tokens, Samples()) for _ in range(conc)))  # warm
-        left = [n]
+        warm = Samples()
+        await asyncio.gather(*(one(c, stream, max_tokens, warm) for _ in range(conc)))
+        # Clients start spread evenly over one request's duration. Started together, a closed
+        # loop of fixed-length requests stays one herd for the whole phase (all 64 arrive in
+        # the same millisecond, every time), and p99 then measures that herd, not the path.
+        spread = statistics.median(warm.total_s) if warm.total_s else 0.0
+        left, ends, first_idle = [n], list[float](), list[float]()
 
-        async def worker() -> None:
+        async def worker(i: int) -> None:
+            await asyncio.sleep(spread * i / conc)
             while left[0] > 0:
                 left[0] -= 1
                 await one(c, stream, max_tokens, s)
+                ends.append(time.perf_counter())
+            first_idle.append(time.perf_counter())
 
         cpu0 = cpu_seconds(pid) if pid else 0.0
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(conc)))
-        s.wall_s += time.perf_counter() - t0
+        await asyncio.gather(*(worker(i) for i in range(conc)))
+        # throughput while all clients were busy: after the last one started, until one ran out
+        busy_from, busy_to = t0 + spread * (conc - 1) / conc, first_idle[0]
+        s.busy_requests += sum(busy_from <= t <= busy_to for t in ends)
+        s.busy_s += max(0.0, busy_to - busy_from)
         s.cpu_s += (cpu_seconds(pid) - cpu0) if pid else 0.0
         s.requests += n
 
@@ -190,10 +210,10 @@ def summarize(s: Samples, stream: bool) -> dict[str, Any]:
         "requests": s.requests,
         "errors": s.errors,
         "error_kinds": s.error_kinds,
-        "requests_per_s": round(s.requests / s.wall_s, 1) if s.wall_s else None,
+        "requests_per_s": round(s.busy_requests / s.busy_s, 1) if s.busy_s else None,
         "cpu_ms_per_request": round(1000 * s.cpu_s / s.requests, 3) if s.cpu_s else None,
     }
-    metrics = {"ttft": s.ttft_s, "gap": s.gap_s} if stream else {"total": s.total_s}
+    metrics = {"total": s.total_s} | ({"ttft": s.ttft_s, "gap": s.gap_s} if stream else {})
     for name, xs in metrics.items():
         out[f"{name}_p50_ms"], out[f"{name}_p99_ms"] = ms(pct(xs, 0.5)), ms(pct(xs, 0.99))
     if stream and s.chunks:
@@ -216,7 +236,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rest = set(cpus[:-1]) if proxy_cpus else None
     if rest:
         os.sched_setaffinity(0, rest)
-    emu = None if args.backend_url else emulator(work, rest)
+    emu = None if args.backend_url else emulator(work, rest, args.ttft_ms, args.itl_ms)
     backend = args.backend_url or emu.url  # type: ignore[union-attr]
     samples: dict[tuple[str, int, bool], Samples] = {}
     try:
@@ -282,6 +302,12 @@ def report(
         row = {"target": name, "concurrency": conc, "stream": stream, **summarize(s, stream)}
         if name != "direct":
             row.update(added(row, summarize(samples[("direct", conc, stream)], stream)))
+        elif (base := samples.get((name, 1, stream))) and base.total_s and s.total_s:
+            # > 1 means the backend itself queues at this concurrency: "added" numbers then
+            # compare two queues, not a path
+            row["slowdown_vs_1_concurrent"] = round(
+                statistics.median(s.total_s) / statistics.median(base.total_s), 3
+            )
         rows.append(row)
     return {
         "benchmark": "overhead",
@@ -303,7 +329,8 @@ def report(
             "requests_per_phase": args.requests,
             "per_connection": args.per_connection,
             "max_tokens": args.max_tokens,
-            "backend": args.backend_url or "emulator, --emu-timing h100 --emu-nodelay",
+            "backend": args.backend_url
+            or f"emulator, first token {args.ttft_ms} ms, {args.itl_ms} ms per token, --emu-nodelay",
         },
         "results": rows,
     }
@@ -318,6 +345,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300, help="requests per phase (at least)")
     p.add_argument("--per-connection", type=int, default=4, help="...or this many per connection")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--ttft-ms", type=float, default=20.0, help="emulator: first token (H100: 20)")
+    p.add_argument("--itl-ms", type=float, default=2.5, help="emulator: per token (H100: 2.5)")
     p.add_argument("--litellm", default=None, help="path of the `litellm` executable (optional)")
     p.add_argument(
         "--backend-url",

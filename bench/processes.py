@@ -17,7 +17,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
-    """User+system CPU of `pid` and every descendant still alive."""
+    """CPU time of `pid` and every descendant still alive."""
     total, todo = 0.0, [pid]
     kids: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -28,10 +28,21 @@ def cpu_seconds(pid: int) -> float:
     while todo:
         p = todo.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICKS
+            total += _process_cpu(p)
         todo.extend(kids.get(p, []))
     return total
+
+
+def _process_cpu(pid: int) -> float:
+    """Nanosecond-precise CPU time of a process's live threads (schedstat), else ticks."""
+    try:
+        return sum(
+            int((task / "schedstat").read_text().split()[0]) / 1e9
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        )
+    except (OSError, ValueError, IndexError):  # no schedstat in this kernel
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 @contextlib.contextmanager

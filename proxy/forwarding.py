@@ -13,12 +13,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-import anyio
 import httpx
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from proxy.disconnect import Watch, watching_client
 from proxy.errors import (
     ClientGoneError,
     InvalidRequestError,
@@ -138,7 +138,6 @@ class UpstreamResponse(Response):
         self._backend = backend
         self._observer = observer
         self._ended: tuple[int, str | None] | None = None  # how the response ended, if not normally
-        self._body_done = False
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
 
     @classmethod
@@ -162,33 +161,19 @@ class UpstreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async with anyio.create_task_group() as tg:
-
-                async def stream() -> None:
-                    await self._stream(send)
-                    tg.cancel_scope.cancel()
-
-                async def watch_disconnect() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    if (
-                        not self._body_done
-                    ):  # (uvicorn also says "disconnect" once a response is complete)
-                        self._ended = self._ended or (499, "client_gone")
-                    tg.cancel_scope.cancel()  # the client left: stop reading the backend
-
-                tg.start_soon(stream)
-                tg.start_soon(watch_disconnect)
+            async with watching_client(receive) as watch:  # the client left: stop reading
+                await self._stream(send, watch)
+        except ClientGoneError:
+            self._ended = self._ended or (499, "client_gone")
         finally:
-            try:
-                with anyio.CancelScope(shield=True):
-                    await self._upstream.aclose()
+            try:  # closing never loses to a cancel: the transports close the socket before
+                await self._upstream.aclose()  # any await, and httpcore shields its own close
             finally:
                 self._release()
                 status, error = self._ended or (self.status_code, None)
                 self._observer.finish(status, error=error)
 
-    async def _stream(self, send: Send) -> None:
+    async def _stream(self, send: Send, watch: Watch) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -208,5 +193,5 @@ class UpstreamResponse(Response):
         except OSError:
             self._ended = self._ended or (499, "client_gone")
             return  # the client is gone
-        self._body_done = True
+        watch.armed = False  # (uvicorn also says "disconnect" once a response is complete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -34,7 +34,8 @@ MAX_MODEL_NAME = 256
 @dataclass
 class Services:
     config: ProxyConfig
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient  # control calls (sleep, wake, health, warm-up)
+    transport: httpx.AsyncBaseTransport  # the client's; forwarded requests go to it directly
     backends: dict[str, Backend]
     switcher: Switcher
     by_name: dict[str, ModelConfig]
@@ -53,8 +54,12 @@ class Services:
             max_keepalive_connections=256,
             keepalive_expiry=KEEPALIVE_EXPIRY_S,
         )
-        if transport is None and all(m.base_url.startswith("http://") for m in config.models):
-            transport = upstream_transport(limits)  # a fifth less CPU per request at load
+        if transport is None:
+            plain = all(m.base_url.startswith("http://") for m in config.models)
+            # the proxy's own pool: about a third less CPU per request (docs/benchmarks.md)
+            transport = (
+                upstream_transport(limits) if plain else httpx.AsyncHTTPTransport(limits=limits)
+            )
         client = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(
@@ -71,7 +76,7 @@ class Services:
         supervisor = Supervisor(backends, metrics)
         switcher = Switcher(config, backends, metrics, supervisor)
         metrics.watch(switcher.live)
-        return cls(config, client, backends, switcher, by_name, metrics, supervisor)
+        return cls(config, client, transport, backends, switcher, by_name, metrics, supervisor)
 
     def resolve(self, model: object) -> ModelConfig:
         available = ", ".join(sorted(self.by_name))

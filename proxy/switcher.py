@@ -96,6 +96,11 @@ class Switcher:
         return self._groups[self._backends[name].config.gpu]
 
     # ----- requests ------------------------------------------------------------------------------
+    def lease_now(self, name: str) -> tuple[Lease, WakeTimings] | None:
+        """A lease at once if the model is READY and not draining (no switch, no waiting)."""
+        lease = self._backends[name].try_acquire()
+        return None if lease is None else (lease, NO_SWITCH)
+
     async def lease(self, name: str) -> tuple[Lease, WakeTimings]:
         """A lease on a READY backend; may wait for a switch. 429 when the queue is full, 503
         when the wait or the switch fails. Cancelling the caller only leaves the queue."""

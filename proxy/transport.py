@@ -1,137 +1,226 @@
-"""upstream_transport: httpx's own connection pool, on plain asyncio sockets.
+"""upstream_transport: the proxy's own keep-alive pool of HTTP/1.1 connections to its backends,
+plugged into httpx (callers keep httpx's Request, Response and exceptions).
 
-Why: with httpx's default transport, httpcore runs over anyio, and every time a request enters
-or leaves the pool httpcore asks each idle connection `get_extra_info("is_readable")`; anyio
-answers by building its whole table of socket attributes, which calls `getpeername()`. Under
-64 concurrent requests that was a fifth of the proxy's CPU (py-spy, `bench/overhead.py
---profile`), and then the poll() behind each answer another 13 %. This network backend
-answers from what the event loop already knows (EOF seen on the idle socket). The pool keeps
-connections for 4 s, below vLLM's 5 s keep-alive, so a backend closing an idle connection
-first only happens when it dies. Pooling, keep-alive,
-HTTP/1.1 parsing and the exceptions httpx raises stay httpcore's and httpx's.
+Why not httpx's default transport: py-spy on the proxy at 64 concurrent (`bench/overhead.py
+--profile`, docs/benchmarks.md) found httpcore's pool doing per-request work for every open
+connection (anyio's `getpeername()` for each idle one, then a quadratic `len([...])` scan), and
+h11 parsing every SSE chunk through its event machinery. Here a pool event is O(1) (a stack of
+idle connections per backend; an idle one the backend closed shows as EOF, which the event loop
+already saw), a request goes out in one write (head and body), and a response is parsed from
+whole socket reads (`proxy/http1.py`). Idle connections are kept `keepalive_expiry` seconds
+(4 s, below vLLM's 5 s keep-alive), so a backend closing one first only happens when it dies.
 
-Backends are plain HTTP on a local network: TLS to a backend is not supported here (a
-`https://` backend URL gets httpx's default transport, see `services.py`). Stateless apart
-from the sockets each stream owns.
+Backends are plain HTTP on a local network: `https://` backend URLs get httpx's default
+transport (see `services.py`). Request bodies are sent whole (the proxy has read them already).
+
+State: `UpstreamTransport` owns the idle connections; a response body in flight owns its
+connection until it is closed, then hands it back (read to its end, reusable) or closes it.
 """
 
-# ruff: noqa: ASYNC109  (the `timeout` parameters are httpcore's network-backend interface)
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-import ssl
-from collections.abc import Iterable, Iterator
-from typing import Any
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
-import httpcore
 import httpx
 
+from proxy.http1 import Head, PeerClosedError, Wire, request_head
+
 CLOSE_TIMEOUT_S = 1.0
-SocketOption = (
-    tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]
-)
+Origin = tuple[str, int]
 
 
-@contextlib.contextmanager
-def _mapped(timeout: type[Exception], error: type[Exception]) -> Iterator[None]:
-    try:
-        yield
-    except TimeoutError as exc:
-        raise timeout(str(exc) or "timed out") from exc
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        raise error(str(exc) or type(exc).__name__) from exc
+@dataclass(eq=False)
+class _Connection:
+    origin: Origin
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    wire: Wire
+    idle_since: float = field(default=0.0)
 
+    def alive(self) -> bool:
+        return not self.reader.at_eof() and not self.writer.is_closing()
 
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._socket = writer.get_extra_info("socket")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        with _mapped(httpcore.ReadTimeout, httpcore.ReadError):
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        with _mapped(httpcore.WriteTimeout, httpcore.WriteError):
-            self._writer.write(buffer)
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
+    def drop(self) -> None:
+        """Close now, without waiting (the event loop finishes it)."""
+        self.writer.close()
 
     async def aclose(self) -> None:
-        self._writer.close()
+        self.writer.close()
         try:  # a backend that stopped reading must not hold the caller (shielded cleanups await this)
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await self._writer.wait_closed()
+                await self.writer.wait_closed()
         except (TimeoutError, OSError):
-            self._writer.transport.abort()
+            self.writer.transport.abort()
 
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.UnsupportedProtocol("TLS to a backend needs httpx's default transport")
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # asked of every idle connection whenever a request enters or leaves the pool: the
-            # event loop already reads these sockets, so an EOF it saw answers without a poll()
-            return self._reader.at_eof()
-        if info == "socket":
-            return self._socket
-        if info == "client_addr":
-            return self._writer.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._writer.get_extra_info("peername")
+class _Body(httpx.AsyncByteStream):
+    """A response body; owns its connection until closed."""
+
+    def __init__(
+        self, pool: UpstreamTransport, conn: _Connection, head: Head, request: httpx.Request
+    ) -> None:
+        self._pool = pool
+        self._conn = conn
+        self._head = head
+        self._request = request
+        self._complete = False
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for data in self._conn.wire.body(self._head):
+                yield data
+        except PeerClosedError:
+            raise httpx.RemoteProtocolError(
+                "backend closed the connection before the response body ended",
+                request=self._request,
+            ) from None
+        except httpx.RequestError as exc:
+            exc.request = self._request
+            raise
+        self._complete = True
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._complete and self._head.keep_alive and self._conn.wire.clean:
+            self._pool.give_back(self._conn)
+        else:  # unread body left: closing is the only way to stop the backend's work
+            await self._conn.aclose()
+
+
+class UpstreamTransport(httpx.AsyncBaseTransport):
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        if url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"{url.scheme!r} needs httpx's default transport")
+        method = request.method.encode()
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        body = b"".join([part async for part in request.stream])
+        headers = request.headers.raw
+        if request.headers.get("transfer-encoding", "").lower() == "chunked":
+            body = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+        data = request_head(method, url.raw_path, headers) + body
+        conn, head = await self._exchange((url.host, url.port or 80), data, method, request)
+        return httpx.Response(
+            head.status,
+            headers=head.headers,
+            stream=_Body(self, conn, head, request),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": head.reason},
+            request=request,
+        )
+
+    async def _exchange(
+        self, origin: Origin, data: bytes, method: bytes, request: httpx.Request
+    ) -> tuple[_Connection, Head]:
+        """Send the request and read the response head, on an idle connection if there is one."""
+        timeout = request.extensions.get("timeout", {})
+        reused = self._reuse(origin)
+        while True:
+            conn = reused or await self._connect(origin, timeout.get("connect"), request)
+            conn.wire.read_timeout = timeout.get("read")
+            try:
+                await self._send(conn, data, timeout.get("write"), request)
+                return conn, await conn.wire.head(method)
+            except (PeerClosedError, httpx.ReadError, httpx.WriteError) as exc:
+                conn.drop()
+                if reused and conn.wire.clean:
+                    # an idle connection the backend had just closed (its FIN not read yet),
+                    # and nothing came back: the backend never took it; once more, on a new one
+                    reused = None
+                    continue
+                if isinstance(exc, httpx.RequestError):
+                    exc.request = request
+                    raise
+                raise httpx.RemoteProtocolError(
+                    "backend disconnected without sending a response", request=request
+                ) from None
+            except httpx.RequestError as exc:
+                conn.drop()
+                exc.request = request
+                raise
+            except BaseException:
+                conn.drop()
+                raise
+
+    async def _connect(
+        self, origin: Origin, limit_s: float | None, request: httpx.Request
+    ) -> _Connection:
+        try:
+            async with asyncio.timeout(limit_s):
+                reader, writer = await asyncio.open_connection(*origin)
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting", request=request) from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        with contextlib.suppress(OSError):  # small writes (a request, a chunk) go out at once
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(origin, reader, writer, Wire(reader, None))
+
+    @staticmethod
+    async def _send(
+        conn: _Connection, data: bytes, limit_s: float | None, request: httpx.Request
+    ) -> None:
+        try:
+            conn.writer.write(data)
+            if conn.writer.transport.get_write_buffer_size():  # the kernel took less than all
+                async with asyncio.timeout(limit_s):
+                    await conn.writer.drain()
+        except TimeoutError:
+            raise httpx.WriteTimeout("timed out writing", request=request) from None
+        except OSError as exc:
+            raise httpx.WriteError(str(exc) or type(exc).__name__, request=request) from exc
+
+    def _reuse(self, origin: Origin) -> _Connection | None:
+        stack = self._idle.get(origin)
+        now = time.monotonic()
+        while stack:
+            conn = stack.pop()  # the most recently used: the least likely to have expired
+            self._idle_count -= 1
+            if conn.alive() and not self._expired(conn, now):
+                return conn
+            conn.drop()
         return None
 
+    def _expired(self, conn: _Connection, now: float) -> bool:
+        return self._expiry is not None and now - conn.idle_since >= self._expiry
 
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        with _mapped(httpcore.ConnectTimeout, httpcore.ConnectError):
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, local_addr=(local_address, 0) if local_address else None
-                )
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _Stream(reader, writer)
+    def give_back(self, conn: _Connection) -> None:
+        """A connection whose response was read to its end goes back on its stack."""
+        if self._closed or not conn.alive() or self._idle_count == self._max_idle:
+            conn.drop()
+            return
+        now = time.monotonic()
+        conn.idle_since = now
+        stack = self._idle.setdefault(conn.origin, [])
+        stack.append(conn)
+        self._idle_count += 1
+        while stack and self._expired(stack[0], now):  # the oldest, unused while others were
+            stack.pop(0).drop()
+            self._idle_count -= 1
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[SocketOption] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.UnsupportedProtocol("unix sockets need httpx's default transport")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+    async def aclose(self) -> None:
+        self._closed = True
+        idle = [c for stack in self._idle.values() for c in stack]
+        self._idle.clear()
+        self._idle_count = 0
+        await asyncio.gather(*(c.aclose() for c in idle))
 
 
-def upstream_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport with its pool on `AsyncioBackend` (plain HTTP backends only)."""
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=AsyncioBackend(),
-    )
-    return transport
+def upstream_transport(limits: httpx.Limits) -> UpstreamTransport:
+    """The pool for plain-HTTP backends (`limits.max_connections` is not enforced: the proxy
+    runs with no connection cap; each in-flight request holds one connection)."""
+    return UpstreamTransport(limits)

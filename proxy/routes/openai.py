@@ -8,9 +8,8 @@ backend. /tokenize and /detokenize are answered by vLLM's front end even while i
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
@@ -19,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from proxy.backend_errors import error_response, is_error
 from proxy.backends import BackendState, WakeTimings
 from proxy.config import ModelConfig
+from proxy.disconnect import watching_client
 from proxy.errors import (
     BackendUnavailableError,
     ClientGoneError,
@@ -38,7 +38,6 @@ from proxy.routes import schemas
 from proxy.services import Services
 
 router = APIRouter()
-T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's "client closed request"; nobody reads it
 # states in which vLLM's front end answers /tokenize and /detokenize (asleep included)
 FRONTEND_STATES = frozenset(
@@ -49,34 +48,6 @@ FRONTEND_STATES = frozenset(
 def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
-
-
-async def until_disconnect(
-    request: Request, work: Awaitable[T], abandon: Callable[[T], object]
-) -> T:
-    """Run `work`, giving up if the client disconnects first (a queued waiter then leaves the
-    queue; a switch it joined goes on for the others). If the work is abandoned - client gone,
-    or this handler cancelled - whatever it still produces goes to `abandon` (release a lease,
-    close a response), so nothing leaks."""
-    task = asyncio.ensure_future(work)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.add_done_callback(
-                lambda t: None if t.cancelled() or t.exception() else abandon(t.result())
-            )
-            task.cancel()
-    if not task.done() or task.cancelled():  # the client left first (cancel() only asks)
-        raise ClientGoneError
-    return task.result()
 
 
 def timing_headers(backend: str, queue_ms: float, t: WakeTimings) -> dict[str, str]:
@@ -93,13 +64,13 @@ async def _send(
     services: Services, request: Request, model: ModelConfig, path: str, body: bytes
 ) -> httpx.Response:
     try:
-        upstream = services.client.build_request(
-            "POST",
+        upstream = services.client.build_request(  # the client's timeouts, not its send():
+            "POST",  # no cookies, redirects or auth flows between the proxy and a backend
             f"{model.base_url}{path}",
             content=body,
             headers=request_headers(request.headers.raw, model.api_key),
         )
-        return await services.client.send(upstream, stream=True)
+        return await services.transport.handle_async_request(upstream)
     except httpx.TimeoutException as exc:
         raise UpstreamTimeoutError(
             f"backend of {model.name!r} timed out: {type(exc).__name__}"
@@ -141,17 +112,18 @@ async def _forward(
     try:
         model, body, record.stream = await _parse(request, services)
         record.model = model.name
-        leasing = services.switcher.lease(model.name)
-        lease, timings = await until_disconnect(request, leasing, lambda got: got[0].release())
+        leased = services.switcher.lease_now(model.name)
+        if leased is None:  # a switch or a queue: wait, unless the client leaves first
+            async with watching_client(request.receive):
+                leased = await services.switcher.lease(model.name)
+        lease, timings = leased
     except ClientGoneError:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     record.leased(model.name, timings)
     try:
-        sending = _send(services, request, model, path, body)
-        upstream = await until_disconnect(
-            request, sending, lambda r: services.spawn(r.aclose(), name="close-abandoned")
-        )
+        async with watching_client(request.receive):  # a non-streamed answer comes at the end
+            upstream = await _send(services, request, model, path, body)
     except ClientGoneError:
         lease.release()
         record.finish(CLIENT_CLOSED, error="client_gone")

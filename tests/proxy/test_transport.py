@@ -1,5 +1,6 @@
-"""The proxy's upstream transport (httpx's pool on plain asyncio sockets) fails the way httpx's
-own does, and notices a backend that closed an idle keep-alive connection."""
+"""The proxy's upstream transport (its own keep-alive pool and HTTP/1.1 parser under httpx)
+fails the way httpx's own does, frames bodies as HTTP/1.1 says, reuses a connection only when
+that is safe, and notices a backend that closed an idle keep-alive connection."""
 
 from __future__ import annotations
 
@@ -20,9 +21,23 @@ OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 @asynccontextmanager
 async def server(handle: Handler) -> AsyncIterator[str]:
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    """A raw TCP backend; on exit every connection's handler is stopped and its socket closed
+    (a handler still waiting for the client must not outlive the test's event loop)."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await handle(reader, writer)
+        finally:
+            writer.close()
+
+    srv = await asyncio.start_server(tracked, "127.0.0.1", 0)
     async with srv:
         yield f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}"
+    for task in handlers:
+        task.cancel()
+    await asyncio.gather(*handlers, return_exceptions=True)
 
 
 def client(timeout: float = 5) -> httpx.AsyncClient:
@@ -65,3 +80,125 @@ async def test_idle_connection_closed_by_the_backend_is_not_reused() -> None:
         second = await c.get(url)
     assert (first.text, second.text) == ("ok", "ok")
     assert connections == 2
+
+
+def answering(*responses: bytes, close: bool = False) -> tuple[Handler, list[int]]:
+    """A backend that answers each request on a connection with the next canned response,
+    written one byte at a time (so every parser state meets a buffer boundary)."""
+    seen: list[int] = []  # requests per connection
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(0)
+        try:
+            for response in responses[len(seen) - 1 :] if close else responses:
+                await reader.readuntil(b"\r\n\r\n")
+                seen[-1] += 1
+                for i in range(len(response)):
+                    writer.write(response[i : i + 1])
+                    await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection (it may refuse a response half-way)
+        finally:
+            writer.close()
+
+    return handle, seen
+
+
+async def test_chunked_body_with_extensions_and_trailers_is_decoded_and_reused() -> None:
+    chunked = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n"
+    )
+    handle, seen = answering(chunked, chunked)
+    async with server(handle) as url, client() as c:
+        texts = [(await c.get(url)).text, (await c.get(url)).text]
+    assert texts == ["hello world", "hello world"]
+    assert seen == [2], "a complete chunked response leaves the connection reusable"
+
+
+async def test_interim_response_is_skipped_and_length_framing_is_kept() -> None:
+    handle, seen = answering(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond",
+    )
+    async with server(handle) as url, client() as c:
+        got = [await c.get(url) for _ in range(3)]
+    assert [(r.status_code, r.text) for r in got] == [(200, "first"), (204, ""), (200, "second")]
+    assert seen == [3]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",  # no length: the body ends with the connection
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\nuntil close",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 11\r\n\r\nuntil close",
+    ],
+)
+async def test_connection_that_must_close_is_not_reused(response: bytes) -> None:
+    handle, seen = answering(response, response, close=True)
+    async with server(handle) as url, client() as c:
+        texts = [(await c.get(url)).text, (await c.get(url)).text]
+    assert texts == ["until close", "until close"]
+    assert seen == [1, 1]
+
+
+async def test_expired_idle_connection_is_not_reused() -> None:
+    handle, seen = answering(OK, OK)
+    limits = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=0)
+    async with (
+        server(handle) as url,
+        httpx.AsyncClient(transport=upstream_transport(limits)) as c,
+    ):
+        await c.get(url)
+        await c.get(url)
+    assert seen == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 2OO OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\n folded: header\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",  # then the backend closes
+    ],
+)
+async def test_malformed_or_truncated_response_is_a_protocol_error(response: bytes) -> None:
+    handle, _ = answering(response, close=True)
+    async with server(handle) as url, client() as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get(url)
+
+
+async def test_response_closed_before_its_end_closes_the_connection() -> None:
+    eof = asyncio.Event()
+
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await reader.read()  # returns at EOF: the client closed its end
+        eof.set()
+        writer.close()
+
+    async with server(endless) as url, client() as c:
+        async with c.stream("GET", url) as r:
+            async for chunk in r.aiter_raw():
+                assert chunk == b"first"
+                break
+        await eof.wait()  # the backend sees the close (vLLM then aborts the request)
+
+
+async def test_header_that_would_split_the_request_is_refused() -> None:
+    handle, seen = answering(OK)
+    async with server(handle) as url, client() as c:
+        with pytest.raises(httpx.LocalProtocolError):
+            await c.get(url, headers={"x-evil": "a\r\nx-injected: 1"})
+    assert seen in ([], [0])

@@ -1,0 +1,60 @@
+"""watching_client: run the current task's work, and stop it when the client disconnects.
+
+The work runs in the request's own task; one watcher task waits for ASGI's `http.disconnect`
+and cancels the request task. Inside the block that surfaces as `ClientGoneError`, any other
+cancellation (server shutdown, an outer timeout) stays a cancellation. Work that is cancelled
+this way must clean up after itself (the switcher's lease() leaves its queue; the upstream
+transport closes a half-used connection), exactly as under any other cancellation.
+
+Why not two tasks (work, watcher) and wait for the first: that costs a task and a context
+switch more per request and needs a callback to free what the abandoned work still produces.
+
+State: a `Watch` is owned by one request; `armed` is the owner's switch for whether a
+disconnect still matters (uvicorn also reports one after a response is complete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.types import Receive
+
+from proxy.errors import ClientGoneError
+
+
+@dataclass
+class Watch:
+    armed: bool = True
+    left: bool = False  # the client disconnected while armed
+
+
+@contextlib.asynccontextmanager
+async def watching_client(receive: Receive) -> AsyncIterator[Watch]:
+    """Cancel the enclosed work if the client disconnects; it then raises `ClientGoneError`."""
+    me = asyncio.current_task()
+    assert me is not None
+    watch = Watch()
+
+    async def wait() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if watch.armed:
+            watch.left = True
+            me.cancel()
+
+    watcher = asyncio.ensure_future(wait())
+    try:
+        yield watch
+    except asyncio.CancelledError:
+        if watch.left and me.uncancel() == 0:  # our own cancel, and nobody else's
+            raise ClientGoneError from None
+        raise
+    else:
+        if watch.left:  # the work swallowed our cancel and finished: the client is gone anyway
+            me.uncancel()
+            raise ClientGoneError
+    finally:
+        watcher.cancel()
