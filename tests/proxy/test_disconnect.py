@@ -1,0 +1,108 @@
+"""watching_client: a client's disconnect cancels the request's work and surfaces as
+ClientGoneError; any other cancellation stays a cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from proxy.disconnect import watching_client
+from proxy.errors import ClientGoneError
+
+
+class Client:
+    """An ASGI receive() that says `http.disconnect` once `leave()` is called."""
+
+    def __init__(self) -> None:
+        self._gone = asyncio.Event()
+        self.told = asyncio.Event()  # set in the same step that hands the watcher its answer
+
+    def leave(self) -> None:
+        self._gone.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self._gone.wait()
+        self.told.set()
+        return {"type": "http.disconnect"}
+
+
+async def test_disconnect_cancels_the_work_and_raises_client_gone() -> None:
+    client, started, cleaned = Client(), asyncio.Event(), asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a wait that only a cancel ends
+        finally:
+            cleaned.set()
+
+    async def request() -> None:
+        async with watching_client(client.receive):
+            await work()
+
+    task = asyncio.ensure_future(request())
+    await started.wait()
+    client.leave()
+    with pytest.raises(ClientGoneError):
+        await task
+    assert cleaned.is_set()
+
+
+async def test_a_cancel_from_elsewhere_stays_a_cancel() -> None:
+    client, started = Client(), asyncio.Event()
+
+    async def request() -> None:
+        async with watching_client(client.receive):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.ensure_future(request())
+    await started.wait()
+    task.cancel()  # e.g. the server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_disarmed_watch_ignores_the_disconnect() -> None:
+    client, proceed = Client(), asyncio.Event()
+
+    async def request() -> str:
+        async with watching_client(client.receive) as watch:
+            watch.armed = False  # e.g. the response is complete
+            client.leave()
+            await proceed.wait()
+        return "done"
+
+    task = asyncio.ensure_future(request())
+    await client.told.wait()  # the watcher has seen the disconnect (and must ignore it)
+    proceed.set()
+    assert await task == "done"
+
+
+async def test_work_that_swallows_the_cancel_still_ends_as_client_gone() -> None:
+    client, started = Client(), asyncio.Event()
+    seen: list[int] = []
+
+    async def stubborn() -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):  # and finishes anyway
+            await asyncio.Event().wait()
+
+    async def request() -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        try:
+            async with watching_client(client.receive):
+                await stubborn()
+        finally:
+            seen.append(me.cancelling())
+
+    task = asyncio.ensure_future(request())
+    await started.wait()
+    client.leave()
+    with pytest.raises(ClientGoneError):
+        await task
+    assert seen == [0], "the cancel it asked for is taken back: outer timeouts keep working"
