@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -230,6 +231,10 @@ def added(proxy: dict[str, Any], direct: dict[str, Any]) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM (e.g. from `timeout`) cancels the run, so the servers it started are stopped
+    me = asyncio.current_task()
+    assert me is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)
     work = Path(tempfile.mkdtemp(prefix="vllm-switch-overhead-"))
     cpus = sorted(os.sched_getaffinity(0))
     proxy_cpus = {cpus[-1]} if args.pin and len(cpus) > 1 else None

@@ -1,7 +1,7 @@
 """Charts for docs/benchmarks.md from a bench/overhead.py result (matplotlib; not a runtime
 dependency).
 
-python3 bench/plot_overhead.py bench/results/overhead-2core-20261127.json docs/img
+python3 bench/plot_overhead.py RESULT.json docs/img [PREFIX]   # PREFIX-added.png, PREFIX-cpu.png
 """
 
 from __future__ import annotations
@@ -17,13 +17,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 COLORS = {"vllm-switch": "#2f6db5", "litellm": "#d9822b"}
+SATURATED = 1.1  # direct latency at this concurrency over direct latency alone
 
 
 def _rows(r: dict[str, Any], target: str, stream: bool) -> list[dict[str, Any]]:
     return [x for x in r["results"] if x["target"] == target and x["stream"] is stream]
 
 
-def added_chart(r: dict[str, Any], out: Path) -> None:
+def _tick(r: dict[str, Any], conc: int, stream: bool) -> str:
+    """`64 concurrent`, flagged where the backend itself queued (the bars compare two queues)."""
+    direct = [x for x in _rows(r, "direct", stream) if x["concurrency"] == conc]
+    slowdown = direct[0].get("slowdown_vs_1_concurrent", 1.0) if direct else 1.0
+    return f"{conc} concurrent" + ("\n(backend saturated)" if slowdown > SATURATED else "")
+
+
+def added_chart(r: dict[str, Any], out: Path, prefix: str) -> None:
     """Added latency (p50, p99) per concurrency, non-streaming total and streaming TTFT."""
     panels = [
         (False, "total", "non-streaming: added total latency"),
@@ -48,18 +56,21 @@ def added_chart(r: dict[str, Any], out: Path) -> None:
                     label=f"{target} {q}",
                 )
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(range(len(concs)), [f"{c} concurrent" for c in concs])
+        ax.set_xticks(range(len(concs)), [_tick(r, c, stream) for c in concs], fontsize=8)
         ax.set_ylabel("ms added vs direct")
         ax.set_yscale("symlog", linthresh=1)
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Proxy overhead, same emulated vLLM backend ({r['machine']['cpus']} cores)")
+    fig.suptitle(
+        f"Proxy overhead, same backend ({r['settings']['backend']}; {r['machine']['cpus']} cores)",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(out / "overhead-added.png", dpi=120)
+    fig.savefig(out / f"{prefix}-added.png", dpi=120)
     plt.close(fig)
 
 
-def cpu_chart(r: dict[str, Any], out: Path) -> None:
+def cpu_chart(r: dict[str, Any], out: Path, prefix: str) -> None:
     """CPU per request of each proxy process, by concurrency (non-streaming and streaming)."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     for target, color in COLORS.items():
@@ -81,15 +92,16 @@ def cpu_chart(r: dict[str, Any], out: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title("CPU each proxy spends per request (lower is better)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "overhead-cpu.png", dpi=120)
+    fig.savefig(out / f"{prefix}-cpu.png", dpi=120)
     plt.close(fig)
 
 
 def main() -> None:
     result = json.loads(Path(sys.argv[1]).read_text())
     out = Path(sys.argv[2])
-    added_chart(result, out)
-    cpu_chart(result, out)
+    prefix = sys.argv[3] if len(sys.argv) > 3 else "overhead"
+    added_chart(result, out, prefix)
+    cpu_chart(result, out, prefix)
 
 
 if __name__ == "__main__":

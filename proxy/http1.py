@@ -12,6 +12,7 @@ State: a `Wire` owns its connection's read buffer; nothing else is shared.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ MAX_HEAD_BYTES = 64 * 1024
 READ_BYTES = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+class _Last(enum.Enum):
+    CHUNK = "the last chunk (and its trailers) was read"
 
 
 class PeerClosedError(Exception):
@@ -88,13 +93,6 @@ class Wire:
         del self._buf[: at + len(sep)]
         return line
 
-    async def _exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            await self._fill()
-        data = bytes(self._buf[:n])
-        del self._buf[:n]
-        return data
-
     async def head(self, method: bytes) -> Head:
         """The next final response head (1xx interim responses are read and dropped)."""
         while True:
@@ -126,22 +124,53 @@ class Wire:
             yield data
 
     async def _chunks(self) -> AsyncIterator[bytes]:
+        """Chunked coding: every chunk already received goes out at once, as one piece (a
+        backend's burst stays one write; nothing waits for more to arrive)."""
         while True:
-            size_line = await self._until(b"\r\n", 1024)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise httpx.RemoteProtocolError(f"bad chunk size {size_line[:40]!r}") from None
-            if size < 0:
-                raise httpx.RemoteProtocolError("negative chunk size")
-            if size == 0:
-                while await self._until(b"\r\n", MAX_HEAD_BYTES):  # trailers, up to a blank line
-                    pass
-                return
-            data = await self._exactly(size + 2)
-            if data[-2:] != b"\r\n":
-                raise httpx.RemoteProtocolError("chunk not terminated by CRLF")
-            yield data[:-2]
+            parts: list[bytes] = []
+            while (part := self._take_chunk()) is not None:
+                if part is _Last.CHUNK:
+                    if parts:
+                        yield b"".join(parts)
+                    return
+                parts.append(part)
+            if parts:
+                yield b"".join(parts)
+            else:
+                await self._fill()
+
+    def _take_chunk(self) -> bytes | _Last | None:
+        """The next whole chunk's data from the buffer (`_Last.CHUNK` for the last one and its
+        trailers), or None if it has not fully arrived; consumes only what it returns."""
+        buf = self._buf
+        eol = buf.find(b"\r\n", 0, 1026)
+        if eol < 0:
+            if len(buf) > 1024:
+                raise httpx.RemoteProtocolError("chunk size line too long")
+            return None
+        line = bytes(buf[:eol]).split(b";", 1)[0].strip()
+        if not line or any(c not in b"0123456789abcdefABCDEF" for c in line):
+            raise httpx.RemoteProtocolError(f"bad chunk size {line[:40]!r}")
+        size = int(line, 16)
+        start = eol + 2
+        if size == 0:  # trailers (ignored), then an empty line
+            end = buf.find(b"\r\n", start) if buf[start : start + 2] == b"\r\n" else -1
+            if end < 0:
+                end = buf.find(b"\r\n\r\n", start)
+                if end < 0:
+                    if len(buf) - start > MAX_HEAD_BYTES:
+                        raise httpx.RemoteProtocolError("chunked trailers too large")
+                    return None
+                end += 2
+            del buf[: end + 2]
+            return _Last.CHUNK
+        if len(buf) < start + size + 2:
+            return None
+        if buf[start + size : start + size + 2] != b"\r\n":
+            raise httpx.RemoteProtocolError("chunk not terminated by CRLF")
+        data = bytes(buf[start : start + size])
+        del buf[: start + size + 2]
+        return data
 
 
 def _parse_head(raw: bytes, method: bytes) -> Head:

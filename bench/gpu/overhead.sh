@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proxy overhead against real vLLM 0.26.0 on a GPU host (no network needed):
 #
-#   bash bench/gpu/overhead.sh OUT_DIR
+#   bash bench/gpu/overhead.sh OUT_DIR [overhead.py options...]
 #
 # Needs vLLM 0.26.0 importable by python3 (shared/gpu's offline bundle on PYTHONPATH), torch +
 # transformers + tokenizers for the random-weight checkpoint, and the proxy's dependencies.
@@ -9,7 +9,8 @@
 # with --backend-url: direct vs vllm-switch (LiteLLM only where its executable is given in
 # LITELLM). vLLM is stopped by PID at the end.
 set -uo pipefail
-out=${1:?usage: overhead.sh OUT_DIR}
+out=${1:?usage: overhead.sh OUT_DIR [overhead.py options...]}
+shift
 mkdir -p "$out"
 export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
 ck=${MODELS_DIR:-/tmp/models}/bench-qwen3-0.6b
@@ -32,7 +33,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu
 lscpu > "$out/lscpu.txt"
 taskset -c 12-15 python3 bench/overhead.py --pin --backend-url http://127.0.0.1:8001 \
   ${LITELLM:+--litellm "$LITELLM"} --rounds "${ROUNDS:-2}" --requests "${REQUESTS:-100}" \
-  --per-connection 4 --out "$out/overhead.json" > "$out/overhead.log" 2>&1
+  --per-connection 4 --out "$out/overhead.json" "$@" > "$out/overhead.log" 2>&1
 rc=$?
 tail -5 "$out/overhead.log"
 exit $rc

@@ -202,3 +202,23 @@ async def test_header_that_would_split_the_request_is_refused() -> None:
         with pytest.raises(httpx.LocalProtocolError):
             await c.get(url, headers={"x-evil": "a\r\nx-injected: 1"})
     assert seen in ([], [0])
+
+
+async def test_chunks_that_arrived_together_are_handed_on_together() -> None:
+    """A backend's burst (vLLM leaves Nagle on) is one write onwards, not one per event."""
+    events = [b"data: %d\n\n" % i for i in range(3)]
+    burst = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+
+    async def bursty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + burst)
+        await writer.drain()
+        await reader.read()  # until the client is done
+
+    async with server(bursty) as url, client() as c, c.stream("GET", url) as r:
+        pieces = []
+        async for piece in r.aiter_raw():
+            pieces.append(piece)
+            if b"".join(pieces) == b"".join(events):
+                break
+    assert pieces == [b"".join(events)]
