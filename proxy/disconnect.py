@@ -52,9 +52,15 @@ async def watching_client(receive: Receive) -> AsyncIterator[Watch]:
         if watch.left and me.uncancel() == 0:  # our own cancel, and nobody else's
             raise ClientGoneError from None
         raise
-    else:
-        if watch.left:  # the work swallowed our cancel and finished: the client is gone anyway
+    except BaseException:
+        if watch.left:  # the work turned our cancel into another error: take the cancel back
             me.uncancel()
-            raise ClientGoneError
+        raise
+    else:
+        # The work swallowed our cancel and finished: take the cancel back and let its result
+        # stand - the caller owns what it got (a lease, a response) and frees it as usual; the
+        # next wait (or the response's own watch) sees the client gone.
+        if watch.left:
+            me.uncancel()
     finally:
         watcher.cancel()

@@ -194,7 +194,7 @@ def _parse_head(raw: bytes, method: bytes) -> Head:
                 raise httpx.RemoteProtocolError(f"bad content-length {value[:40]!r}")
             length = int(value)
         elif key == b"transfer-encoding":
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+            chunked = value.strip().lower() == b"chunked"  # no other coding is decoded here
             if not chunked:
                 raise httpx.RemoteProtocolError(f"unsupported transfer-encoding {value[:40]!r}")
         elif key == b"connection":
@@ -203,6 +203,7 @@ def _parse_head(raw: bytes, method: bytes) -> Head:
     if method == b"HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
         length, chunked = 0, False
     elif chunked:
+        close = close or length is not None  # both framings: chunked wins, then close (RFC 9112)
         length = None
     elif length is None:
         close = True  # the body runs until the backend closes the connection

@@ -6,8 +6,10 @@ Why not httpx's default transport: py-spy on the proxy at 64 concurrent (`bench/
 connection (anyio's `getpeername()` for each idle one, then a quadratic `len([...])` scan), and
 h11 parsing every SSE chunk through its event machinery. Here a pool event is O(1) (a stack of
 idle connections per backend; an idle one the backend closed shows as EOF, which the event loop
-already saw), a request goes out in one write (head and body), and a response is parsed from
-whole socket reads (`proxy/http1.py`). Idle connections are kept `keepalive_expiry` seconds
+already saw, and expired ones of every backend are closed as connections come back), a request
+goes out in one write (head and body), and a response is parsed from whole socket reads
+(`proxy/http1.py`). A request on a reused connection that the backend had just closed, to which
+not a byte came back within `RETRY_WINDOW_S`, is sent once more on a new connection. Idle connections are kept `keepalive_expiry` seconds
 (4 s, below vLLM's 5 s keep-alive), so a backend closing one first only happens when it dies.
 
 Backends are plain HTTP on a local network: `https://` backend URLs get httpx's default
@@ -23,7 +25,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -31,6 +33,7 @@ import httpx
 from proxy.http1 import Head, PeerClosedError, Wire, request_head
 
 CLOSE_TIMEOUT_S = 1.0
+RETRY_WINDOW_S = 0.25  # a FIN in flight arrives within a LAN round trip, not seconds later
 Origin = tuple[str, int]
 
 
@@ -70,6 +73,8 @@ class _Body(httpx.AsyncByteStream):
         self._request = request
         self._complete = False
         self._closed = False
+        asked_close = request.headers.get("connection", "").lower() == "close"
+        self._reusable = head.keep_alive and not asked_close
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -89,14 +94,15 @@ class _Body(httpx.AsyncByteStream):
         if self._closed:
             return
         self._closed = True
-        if self._complete and self._head.keep_alive and self._conn.wire.clean:
+        if self._complete and self._reusable and self._conn.wire.clean:
             self._pool.give_back(self._conn)
         else:  # unread body left: closing is the only way to stop the backend's work
             await self._conn.aclose()
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # for idle expiry (tests pass their own)
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._max_idle = limits.max_keepalive_connections
@@ -132,14 +138,17 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         while True:
             conn = reused or await self._connect(origin, timeout.get("connect"), request)
             conn.wire.read_timeout = timeout.get("read")
+            sent = time.monotonic()
             try:
                 await self._send(conn, data, timeout.get("write"), request)
                 return conn, await conn.wire.head(method)
             except (PeerClosedError, httpx.ReadError, httpx.WriteError) as exc:
                 conn.drop()
-                if reused and conn.wire.clean:
-                    # an idle connection the backend had just closed (its FIN not read yet),
-                    # and nothing came back: the backend never took it; once more, on a new one
+                if reused and conn.wire.clean and time.monotonic() - sent < RETRY_WINDOW_S:
+                    # an idle connection the backend had just closed (its FIN still in flight
+                    # when it was picked), and nothing came back: the request was never taken.
+                    # Once more, on a new connection. (A backend that fails later may have
+                    # done the work: no retry then.)
                     reused = None
                     continue
                 if isinstance(exc, httpx.RequestError):
@@ -186,7 +195,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     def _reuse(self, origin: Origin) -> _Connection | None:
         stack = self._idle.get(origin)
-        now = time.monotonic()
+        now = self._clock()
         while stack:
             conn = stack.pop()  # the most recently used: the least likely to have expired
             self._idle_count -= 1
@@ -200,17 +209,22 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
 
     def give_back(self, conn: _Connection) -> None:
         """A connection whose response was read to its end goes back on its stack."""
+        now = self._clock()
+        self._sweep(now)
         if self._closed or not conn.alive() or self._idle_count == self._max_idle:
             conn.drop()
             return
-        now = time.monotonic()
         conn.idle_since = now
-        stack = self._idle.setdefault(conn.origin, [])
-        stack.append(conn)
+        self._idle.setdefault(conn.origin, []).append(conn)
         self._idle_count += 1
-        while stack and self._expired(stack[0], now):  # the oldest, unused while others were
-            stack.pop(0).drop()
-            self._idle_count -= 1
+
+    def _sweep(self, now: float) -> None:
+        """Close expired idle connections of every backend (the oldest sit at the bottom), so
+        that a model nobody asks for any more does not keep the shared idle budget."""
+        for stack in self._idle.values():
+            while stack and (self._expired(stack[0], now) or not stack[0].alive()):
+                stack.pop(0).drop()
+                self._idle_count -= 1
 
     async def aclose(self) -> None:
         self._closed = True

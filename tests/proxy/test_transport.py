@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from proxy.transport import upstream_transport
+from proxy.transport import UpstreamTransport, upstream_transport
 from tests.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -130,20 +130,84 @@ async def test_interim_response_is_skipped_and_length_framing_is_kept() -> None:
     assert seen == [3]
 
 
-@pytest.mark.parametrize(
-    "response",
-    [
-        b"HTTP/1.1 200 OK\r\n\r\nuntil close",  # no length: the body ends with the connection
-        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 11\r\n\r\nuntil close",
-        b"HTTP/1.0 200 OK\r\ncontent-length: 11\r\n\r\nuntil close",
-    ],
-)
-async def test_connection_that_must_close_is_not_reused(response: bytes) -> None:
+async def test_body_without_length_runs_until_the_backend_closes() -> None:
+    response = b"HTTP/1.1 200 OK\r\n\r\nuntil close"
     handle, seen = answering(response, response, close=True)
     async with server(handle) as url, client() as c:
         texts = [(await c.get(url)).text, (await c.get(url)).text]
     assert texts == ["until close", "until close"]
     assert seen == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("response", "headers"),
+    [
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", {}),
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", {}),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\n\r\n",
+            {},
+        ),
+        (OK, {"connection": "close"}),  # the proxy's own request asked for it
+    ],
+)
+async def test_connection_that_must_close_is_not_reused(
+    response: bytes, headers: dict[str, str]
+) -> None:
+    handle, seen = answering(response, response)  # the backend would take a second request
+    async with server(handle) as url, client() as c:
+        texts = [(await c.get(url, headers=headers)).text for _ in range(2)]
+    assert texts == ["ok", "ok"]
+    assert seen == [1, 1], "each request on a connection of its own"
+
+
+def scripted(*connections: list[str]) -> tuple[Handler, list[int]]:
+    """A backend whose n-th connection plays the n-th script: per request `ok` (answer),
+    `hangup` (read it, close without a byte) or `partial` (half a status line, then close)."""
+    requests: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(0)
+        for step in connections[len(requests) - 1]:
+            await reader.readuntil(b"\r\n\r\n")
+            requests[-1] += 1
+            if step != "ok":
+                writer.write(b"HTTP/1.1 2" if step == "partial" else b"")
+                await writer.drain()
+                return  # (server() closes the socket)
+            writer.write(OK)
+            await writer.drain()
+        await reader.read()
+
+    return handle, requests
+
+
+async def test_reused_connection_closed_without_a_byte_is_retried_once_on_a_new_one() -> None:
+    handle, requests = scripted(["ok", "hangup"], ["ok"])
+    async with server(handle) as url, client() as c:
+        texts = [(await c.get(url)).text for _ in range(2)]
+    assert texts == ["ok", "ok"]
+    assert requests == [2, 1]
+
+
+@pytest.mark.parametrize(
+    ("scripts", "seen"),
+    [
+        ((["hangup"],), [1]),  # a new connection: nothing to blame on staleness
+        ((["ok", "partial"],), [2]),  # bytes came back: the backend had the request
+    ],
+)
+async def test_no_retry_on_a_new_connection_or_after_a_byte(
+    scripts: tuple[list[str], ...], seen: list[int]
+) -> None:
+    handle, requests = scripted(*scripts, ["ok"])
+    async with server(handle) as url, client() as c:
+        for _ in range(len(scripts[0]) - 1):
+            await c.get(url)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await c.get(url)
+    assert requests == seen
 
 
 async def test_expired_idle_connection_is_not_reused() -> None:
@@ -165,6 +229,7 @@ async def test_expired_idle_connection_is_not_reused() -> None:
         b"HTTP/1.1 200 OK\r\n folded: header\r\ncontent-length: 2\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",  # then the backend closes
@@ -193,7 +258,8 @@ async def test_response_closed_before_its_end_closes_the_connection() -> None:
             async for chunk in r.aiter_raw():
                 assert chunk == b"first"
                 break
-        await eof.wait()  # the backend sees the close (vLLM then aborts the request)
+        async with asyncio.timeout(10):
+            await eof.wait()  # the backend sees the close (vLLM then aborts the request)
 
 
 async def test_header_that_would_split_the_request_is_refused() -> None:
@@ -222,3 +288,31 @@ async def test_chunks_that_arrived_together_are_handed_on_together() -> None:
             if b"".join(pieces) == b"".join(events):
                 break
     assert pieces == [b"".join(events)]
+
+
+async def test_expired_connections_of_an_idle_backend_do_not_hold_the_shared_budget() -> None:
+    """After a switch, connections to the model nobody asks for any more are closed once they
+    expire, even though only the other backend gets requests."""
+    closed_by_client = asyncio.Event()
+
+    async def first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK)
+        await writer.drain()
+        await reader.read()  # returns at the proxy's FIN
+        closed_by_client.set()
+
+    second, _ = answering(OK)
+    now = [0.0]
+    limits = httpx.Limits(max_keepalive_connections=1, keepalive_expiry=4)
+    transport = UpstreamTransport(limits, clock=lambda: now[0])
+    async with (
+        server(first) as a,
+        server(second) as b,
+        httpx.AsyncClient(transport=transport) as c,
+    ):
+        await c.get(a)  # its connection goes idle: the one idle slot
+        now[0] += 5  # ... and expires
+        await c.get(b)  # handing b's connection back sweeps a's
+        async with asyncio.timeout(10):
+            await closed_by_client.wait()
