@@ -104,9 +104,9 @@ class Switcher:
     async def lease(self, name: str) -> tuple[Lease, WakeTimings]:
         """A lease on a READY backend; may wait for a switch. 429 when the queue is full, 503
         when the wait or the switch fails. Cancelling the caller only leaves the queue."""
+        if (now := self.lease_now(name)) is not None:
+            return now
         backend = self._backends[name]
-        if (lease := backend.try_acquire()) is not None:
-            return lease, NO_SWITCH
         if self.waiting[name] >= self._limits.queue_size:
             raise QueueFullError(
                 f"{self.waiting[name]} requests already wait for model {name!r}; retry later",

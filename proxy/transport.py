@@ -142,27 +142,26 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             try:
                 await self._send(conn, data, timeout.get("write"), request)
                 return conn, await conn.wire.head(method)
-            except (PeerClosedError, httpx.ReadError, httpx.WriteError) as exc:
+            except BaseException as exc:
                 conn.drop()
-                if reused and conn.wire.clean and time.monotonic() - sent < RETRY_WINDOW_S:
+                if (
+                    isinstance(exc, (PeerClosedError, httpx.ReadError, httpx.WriteError))
+                    and reused
+                    and conn.wire.clean
+                    and time.monotonic() - sent < RETRY_WINDOW_S
+                ):
                     # an idle connection the backend had just closed (its FIN still in flight
                     # when it was picked), and nothing came back: the request was never taken.
                     # Once more, on a new connection. (A backend that fails later may have
                     # done the work: no retry then.)
                     reused = None
                     continue
+                if isinstance(exc, PeerClosedError):
+                    raise httpx.RemoteProtocolError(
+                        "backend disconnected without sending a response", request=request
+                    ) from None
                 if isinstance(exc, httpx.RequestError):
                     exc.request = request
-                    raise
-                raise httpx.RemoteProtocolError(
-                    "backend disconnected without sending a response", request=request
-                ) from None
-            except httpx.RequestError as exc:
-                conn.drop()
-                exc.request = request
-                raise
-            except BaseException:
-                conn.drop()
                 raise
 
     async def _connect(
