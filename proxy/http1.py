@@ -1,44 +1,45 @@
-"""HTTP/1.1 on the wire, client side: a request head out, a response head and body in.
+"""HTTP/1.1 on the wire, client side: a request head out; a backend's response in, parsed by
+llhttp (through httptools, the parser behind uvicorn and Node) plus the checks a proxy adds.
 
-Just what a proxy needs from backends that speak HTTP/1.1 (vLLM is uvicorn + h11): status
-line and headers, bodies framed by Content-Length, chunked transfer coding or connection close,
-interim 1xx responses skipped. Parsing works on a buffer filled by whole socket reads (one
-timed read per arrival, not one per line), which is what makes it cheaper than h11 per chunk.
-Anything malformed raises `httpx.RemoteProtocolError`; no guessing.
+Why llhttp and not our own or h11: a hand-written parser was laxer than its own docstring (status
+`099`, a bare LF inside a header value, `HTTP/1.7` all went through), and h11 accepts bare-LF line
+endings, obs-fold, control bytes in values and Content-Length together with chunked; llhttp in
+its default strict mode refuses all of these, hands on partial chunk data as it arrives, and costs
+a few microseconds per response (docs/architecture.md has the measurement). What llhttp allows and
+a proxy must still refuse is checked here, in one place (`_check_head`):
+- a status outside 100-599, an HTTP version other than 1.0 or 1.1, a 101 (no upgrades);
+- a Transfer-Encoding other than exactly `chunked` (the proxy decodes no other coding);
+- Content-Length or Transfer-Encoding on a 1xx or 204 (RFC 9110 8.6, 6.1: they have no body);
+- a head (interim 1xx heads included) over `max_head_bytes`.
+Anything malformed raises `httpx.RemoteProtocolError` with llhttp's or our reason.
 
-State: a `Wire` owns its connection's read buffer; nothing else is shared.
+State: a `ResponseParser` owns one response's parse (its llhttp parser, the head being built, the
+body bytes not yet taken); nothing is shared. Its owner (one connection) feeds it from one task.
 """
 
 from __future__ import annotations
 
-import asyncio
-import enum
-from collections.abc import AsyncIterator
+import re
 from dataclasses import dataclass
 
+import httptools
 import httpx
 
 MAX_HEAD_BYTES = 64 * 1024
-READ_BYTES = 64 * 1024
-_NO_BODY_STATUS = frozenset({204, 304})
 RawHeaders = list[tuple[bytes, bytes]]
-
-
-class _Last(enum.Enum):
-    CHUNK = "the last chunk (and its trailers) was read"
-
-
-class PeerClosedError(Exception):
-    """The backend closed the connection (EOF) where more bytes were due."""
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # any byte but CTLs (HTAB allowed)
+_TARGET = re.compile(rb"/[!-~]*")
 
 
 def request_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
-    """The request line and headers; refuses what could split the message (CR, LF, NUL)."""
-    for name, value in headers:
-        if any(c in name or c in value for c in (b"\r", b"\n", b"\0")) or b":" in name:
-            raise httpx.LocalProtocolError(f"invalid header {name!r}")
+    """The request line and headers; refuses anything that could split or smuggle a message."""
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise httpx.LocalProtocolError(f"invalid request line {method[:20]!r} {target[:80]!r}")
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            raise httpx.LocalProtocolError(f"invalid header {name[:80]!r}")
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
@@ -48,163 +49,132 @@ def request_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
 class Head:
     status: int
     reason: bytes
-    headers: RawHeaders
-    length: int | None  # body bytes by Content-Length; None: chunked or until close
-    chunked: bool
+    headers: RawHeaders  # as received (names not lower-cased)
+    chunked: bool  # framed by Transfer-Encoding: chunked
+    length: int | None  # framed by Content-Length; None: chunked or delimited by close
     keep_alive: bool  # the connection may carry another request after this response
 
 
-class Wire:
-    """One connection's bytes in, parsed from a buffer."""
+class _TrailingError(Exception):
+    """Bytes came after the complete response (stops llhttp from parsing them)."""
 
-    def __init__(self, reader: asyncio.StreamReader, read_timeout: float | None) -> None:
-        self._reader = reader
-        self._buf = bytearray()
-        self.read_timeout = read_timeout
 
-    @property
-    def clean(self) -> bool:
-        """No unread bytes left over (a reused connection must start at a message boundary)."""
-        return not self._buf
+class ResponseParser:
+    """One response: feed bytes in any pieces; the head, then body bytes, come out."""
 
-    async def _fill(self) -> None:
-        try:
-            if self.read_timeout is None:
-                data = await self._reader.read(READ_BYTES)
-            else:
-                async with asyncio.timeout(self.read_timeout):
-                    data = await self._reader.read(READ_BYTES)
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out reading from the backend") from None
-        except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
-        if not data:
-            raise PeerClosedError
-        self._buf += data
+    def __init__(self, *, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._llhttp = httptools.HttpResponseParser(self)
+        self._max_head = max_head_bytes
+        self._head_bytes = 0  # received while no final head was complete (interim heads too)
+        self._head_size = 0  # status lines and headers parsed so far (interim heads too)
+        self._reason = bytearray()
+        self._headers: RawHeaders = []
+        self._error: httpx.RemoteProtocolError | None = None  # raised in a callback
+        self._body: list[bytes] = []
+        self.buffered = 0  # body bytes parsed and not yet taken
+        self.head: Head | None = None
+        self.complete = False
+        self.trailing = False
 
-    async def _until(self, sep: bytes, limit: int) -> bytes:
-        start = 0
-        while (at := self._buf.find(sep, start)) < 0:
-            if len(self._buf) > limit:
-                raise httpx.RemoteProtocolError("response head too large")
-            start = max(0, len(self._buf) - len(sep) + 1)
-            await self._fill()
-        line = bytes(self._buf[:at])
-        del self._buf[: at + len(sep)]
-        return line
-
-    async def head(self, method: bytes) -> Head:
-        """The next final response head (1xx interim responses are read and dropped)."""
-        while True:
-            raw = await self._until(b"\r\n\r\n", MAX_HEAD_BYTES)
-            head = _parse_head(raw, method)
-            if not 100 <= head.status < 200:
-                return head
-
-    async def body(self, head: Head) -> AsyncIterator[bytes]:
-        """The body's bytes as they arrive (chunked coding removed)."""
-        if head.chunked:
-            async for data in self._chunks():
-                yield data
+    def feed(self, data: bytes) -> None:
+        if self.complete:
+            self.trailing = self.trailing or bool(data)
             return
-        left = head.length
-        while left is None or left > 0:
-            if not self._buf:
-                try:
-                    await self._fill()
-                except PeerClosedError:
-                    if left is None:  # delimited by close: this is the end
-                        return
-                    raise
-            take = len(self._buf) if left is None else min(left, len(self._buf))
-            data = bytes(self._buf[:take])
-            del self._buf[:take]
-            if left is not None:
-                left -= take
-            yield data
+        if self.head is None:
+            self._head_bytes += len(data)
+        try:
+            self._llhttp.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _TrailingError):
+                self.trailing = True
+                return
+            raise self._error or httpx.RemoteProtocolError(
+                f"malformed response from the backend: {exc}"
+            ) from None
+        if self.head is None and self._head_bytes > self._max_head:
+            raise httpx.RemoteProtocolError(f"response head larger than {self._max_head} bytes")
 
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        """Chunked coding: every chunk already received goes out at once, as one piece (a
-        backend's burst stays one write; nothing waits for more to arrive)."""
-        while True:
-            parts: list[bytes] = []
-            while (part := self._take_chunk()) is not None:
-                if part is _Last.CHUNK:
-                    if parts:
-                        yield b"".join(parts)
-                    return
-                parts.append(part)
-            if parts:
-                yield b"".join(parts)
-            else:
-                await self._fill()
+    def feed_eof(self) -> None:
+        """The backend closed the connection: the end of a body delimited by close, or an error."""
+        if self.complete:
+            return
+        if self.head is None:
+            raise httpx.RemoteProtocolError("backend closed the connection before a response")
+        if self.head.chunked or self.head.length is not None:
+            raise httpx.RemoteProtocolError("backend closed the connection before the body ended")
+        self.complete = True
 
-    def _take_chunk(self) -> bytes | _Last | None:
-        """The next whole chunk's data from the buffer (`_Last.CHUNK` for the last one and its
-        trailers), or None if it has not fully arrived; consumes only what it returns."""
-        buf = self._buf
-        eol = buf.find(b"\r\n", 0, 1026)
-        if eol < 0:
-            if len(buf) > 1024:
-                raise httpx.RemoteProtocolError("chunk size line too long")
-            return None
-        line = bytes(buf[:eol]).split(b";", 1)[0].strip()
-        if not line or any(c not in b"0123456789abcdefABCDEF" for c in line):
-            raise httpx.RemoteProtocolError(f"bad chunk size {line[:40]!r}")
-        size = int(line, 16)
-        start = eol + 2
-        if size == 0:  # trailers (ignored), then an empty line
-            end = buf.find(b"\r\n", start) if buf[start : start + 2] == b"\r\n" else -1
-            if end < 0:
-                end = buf.find(b"\r\n\r\n", start)
-                if end < 0:
-                    if len(buf) - start > MAX_HEAD_BYTES:
-                        raise httpx.RemoteProtocolError("chunked trailers too large")
-                    return None
-                end += 2
-            del buf[: end + 2]
-            return _Last.CHUNK
-        if len(buf) < start + size + 2:
-            return None
-        if buf[start + size : start + size + 2] != b"\r\n":
-            raise httpx.RemoteProtocolError("chunk not terminated by CRLF")
-        data = bytes(buf[start : start + size])
-        del buf[: start + size + 2]
+    def take_body(self) -> bytes:
+        data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self.buffered = 0
         return data
 
+    # llhttp's callbacks (httptools calls them by name)
 
-def _parse_head(raw: bytes, method: bytes) -> Head:
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:80]!r}")
-    status, reason = int(parts[1]), parts[2] if len(parts) == 3 else b""
-    headers: RawHeaders = []
-    length: int | None = None
-    chunked, close = False, parts[0] == b"HTTP/1.0"
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
-            raise httpx.RemoteProtocolError(f"bad header line {line[:80]!r}")
-        value = value.strip(b" \t")
-        headers.append((name, value))
-        key = name.lower()
-        if key == b"content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
-                raise httpx.RemoteProtocolError(f"bad content-length {value[:40]!r}")
-            length = int(value)
-        elif key == b"transfer-encoding":
-            chunked = value.strip().lower() == b"chunked"  # no other coding is decoded here
-            if not chunked:
-                raise httpx.RemoteProtocolError(f"unsupported transfer-encoding {value[:40]!r}")
-        elif key == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            close = b"close" in tokens or (close and b"keep-alive" not in tokens)
-    if method == b"HEAD" or status in _NO_BODY_STATUS or 100 <= status < 200:
-        length, chunked = 0, False
-    elif chunked:
-        close = close or length is not None  # both framings: chunked wins, then close (RFC 9112)
-        length = None
-    elif length is None:
-        close = True  # the body runs until the backend closes the connection
-    return Head(status, reason, headers, length, chunked, keep_alive=not close)
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _TrailingError
+
+    def on_status(self, data: bytes) -> None:
+        self._reason += data
+        self._head_size += len(data) + 15  # "HTTP/1.1 200 " and CRLF
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_size > self._max_head:  # a whole head that came in one read with its body
+            self._fail(f"response head larger than {self._max_head} bytes")
+
+    def on_headers_complete(self) -> None:
+        status = self._llhttp.get_status_code()
+        length, chunked = self._check_head(status)
+        if status < 200:  # interim (100, 102, 103): dropped; the final head follows
+            self._reason.clear()
+            self._headers = []
+            return
+        if status in (204, 304):
+            length, chunked = 0, False
+        elif not chunked and length is None:
+            length = None  # delimited by close
+        self.head = Head(
+            status,
+            bytes(self._reason),
+            self._headers,
+            chunked,
+            length,
+            keep_alive=self._llhttp.should_keep_alive(),
+        )
+
+    def on_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self.buffered += len(data)
+
+    def on_message_complete(self) -> None:
+        if self.head is not None:
+            self.complete = True
+
+    def _check_head(self, status: int) -> tuple[int | None, bool]:
+        """Framing of the head just parsed; refuses what llhttp lets through (module docstring)."""
+        version = self._llhttp.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._fail(f"unsupported HTTP version {version!r}")
+        if not 100 <= status <= 599 or status == 101:
+            self._fail(f"invalid or unsupported status {status}")
+        length: int | None = None
+        codings = 0
+        for name, value in self._headers:
+            key = name.lower()
+            if key == b"content-length":
+                length = int(value)  # llhttp checked the digits and refused duplicates
+            elif key == b"transfer-encoding":
+                codings += 1
+                if codings > 1 or value.strip(b" \t").lower() != b"chunked":
+                    self._fail(f"unsupported transfer-encoding {value[:40]!r}")
+        if (status < 200 or status == 204) and (length is not None or codings):
+            self._fail(f"a {status} response must not have a body or its framing headers")
+        return length, codings == 1
+
+    def _fail(self, reason: str) -> None:
+        self._error = httpx.RemoteProtocolError(f"malformed response from the backend: {reason}")
+        raise self._error

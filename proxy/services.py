@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 # vLLM closes idle keep-alive connections after 5 s: expire ours first so none is reused half-closed
 KEEPALIVE_EXPIRY_S = 4.0
 MAX_MODEL_NAME = 256
+WRITE_TIMEOUT_S = 60.0
+
+
+def forward_timeouts(model: ModelConfig) -> httpx.Timeout:
+    """A forwarded request's limits, from its own model's config: connect, the whole response
+    head (`read_s`, interim 1xx heads included), then each gap between body bytes (`read_s`)."""
+    t = model.timeouts
+    return httpx.Timeout(connect=t.connect_s, read=t.read_s, write=WRITE_TIMEOUT_S, pool=None)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class Services:
     backends: dict[str, Backend]
     switcher: Switcher
     by_name: dict[str, ModelConfig]
+    timeouts: dict[str, dict[str, float | None]]  # per model name: its forwarded requests' limits
     metrics: Metrics
     supervisor: Supervisor
     started: float = field(default_factory=time.time)
@@ -48,7 +57,6 @@ class Services:
     def build(
         cls, config: ProxyConfig, *, transport: httpx.AsyncBaseTransport | None = None
     ) -> Services:
-        t = config.models[0].timeouts
         limits = httpx.Limits(
             max_connections=None,
             max_keepalive_connections=256,
@@ -60,23 +68,19 @@ class Services:
             transport = (
                 upstream_transport(limits) if plain else httpx.AsyncHTTPTransport(limits=limits)
             )
-        client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(
-                connect=t.connect_s,
-                read=max(m.timeouts.read_s for m in config.models),
-                write=60.0,
-                pool=None,
-            ),
-            limits=limits,
-        )
+        # every call passes its model's own timeouts (forwarding here, control calls in
+        # VllmControl); the client's default only guards a call that forgot to
+        client = httpx.AsyncClient(transport=transport, timeout=5.0, limits=limits)
         backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
         by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
+        timeouts = {m.name: forward_timeouts(m).as_dict() for m in config.models}
         metrics = Metrics([m.name for m in config.models])
         supervisor = Supervisor(backends, metrics)
         switcher = Switcher(config, backends, metrics, supervisor)
         metrics.watch(switcher.live)
-        return cls(config, client, transport, backends, switcher, by_name, metrics, supervisor)
+        return cls(
+            config, client, transport, backends, switcher, by_name, timeouts, metrics, supervisor
+        )
 
     def resolve(self, model: object) -> ModelConfig:
         available = ", ".join(sorted(self.by_name))

@@ -29,11 +29,20 @@ class VllmControl:
         self._client = client
         self._base = config.base_url
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        # the model's own connect limit; how long a call may take is the caller's (see above),
+        # except /health, which polling loops call bare
+        t = config.timeouts
+        self._timeout = httpx.Timeout(None, connect=t.connect_s)
+        self._health_timeout = httpx.Timeout(t.control_s, connect=t.connect_s)
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._client.request(
-                method, f"{self._base}{path}", headers={**CLOSE, **self._auth}, **kwargs
+                method,
+                f"{self._base}{path}",
+                headers={**CLOSE, **self._auth},
+                timeout=self._timeout,
+                **kwargs,
             )
         except httpx.HTTPError as exc:
             raise ControlError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
@@ -46,7 +55,9 @@ class VllmControl:
     async def health(self) -> bool:
         """True when the server answers /health 200 (it only listens once ready)."""
         try:
-            r = await self._client.get(f"{self._base}/health", headers=CLOSE)
+            r = await self._client.get(
+                f"{self._base}/health", headers=CLOSE, timeout=self._health_timeout
+            )
         except httpx.HTTPError:
             return False
         return r.status_code == 200

@@ -64,11 +64,12 @@ async def _send(
     services: Services, request: Request, model: ModelConfig, path: str, body: bytes
 ) -> httpx.Response:
     try:
-        upstream = services.client.build_request(  # the client's timeouts, not its send():
-            "POST",  # no cookies, redirects or auth flows between the proxy and a backend
+        upstream = services.client.build_request(  # not the client's send(): no cookies,
+            "POST",  # redirects or auth flows between the proxy and a backend
             f"{model.base_url}{path}",
             content=body,
             headers=request_headers(request.headers.raw, model.api_key),
+            extensions={"timeout": services.timeouts[model.name]},  # the model's own
         )
         return await services.transport.handle_async_request(upstream)
     except httpx.TimeoutException as exc:
