@@ -62,6 +62,9 @@ class _Connection(asyncio.Protocol):
     # event-loop callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop calls this soon after create_connection returns; _connect calls it first)
+        if self._transport is not None:
+            return
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         sock = transport.get_extra_info("socket")
@@ -307,7 +310,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(limit_s):
-                _, conn = await loop.create_connection(lambda: _Connection(origin), *origin)
+                transport, conn = await loop.create_connection(lambda: _Connection(origin), *origin)
+            conn.connection_made(transport)
         except TimeoutError:
             raise httpx.ConnectTimeout("timed out connecting", request=request) from None
         except OSError as exc:
