@@ -35,6 +35,7 @@ import select
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import httpx
 
@@ -65,8 +66,7 @@ class _Connection(asyncio.Protocol):
         # (uvloop calls this soon after create_connection returns; _connect calls it first)
         if self._transport is not None:
             return
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's: not a subclass)
         sock = transport.get_extra_info("socket")
         self._fd = sock.fileno()
         with contextlib.suppress(OSError, AttributeError):  # a request, a chunk: out at once
