@@ -51,6 +51,7 @@ class Services:
     metrics: Metrics
     supervisor: Supervisor
     started: float = field(default_factory=time.time)
+    _urls: dict[tuple[str, str], httpx.URL] = field(default_factory=dict)  # parsed once each
     _tasks: set[asyncio.Task[object]] = field(default_factory=set)
 
     @classmethod
@@ -103,6 +104,13 @@ class Services:
                 f"The model `{model[:256]}` does not exist; available models: {available}",
                 param="model",
             ) from None
+
+    def upstream_url(self, model: ModelConfig, path: str) -> httpx.URL:
+        """The backend URL of one of the proxy's fixed routes (`path` never comes from a client)."""
+        key = (model.name, path)
+        if (url := self._urls.get(key)) is None:
+            url = self._urls[key] = httpx.URL(f"{model.base_url}{path}")
+        return url
 
     def spawn(self, work: Coroutine[Any, Any, object], *, name: str) -> None:
         """Run `work` in the background; kept referenced, cancelled at shutdown."""

@@ -64,9 +64,9 @@ async def _send(
     services: Services, request: Request, model: ModelConfig, path: str, body: bytes
 ) -> httpx.Response:
     try:
-        upstream = services.client.build_request(  # not the client's send(): no cookies,
+        upstream = httpx.Request(  # not the client's send(): no default headers, cookies,
             "POST",  # redirects or auth flows between the proxy and a backend
-            f"{model.base_url}{path}",
+            services.upstream_url(model, path),
             content=body,
             headers=request_headers(request.headers.raw, model.api_key),
             extensions={"timeout": services.timeouts[model.name]},  # the model's own
