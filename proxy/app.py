@@ -1,4 +1,10 @@
-"""create_app: the proxy's FastAPI application (no I/O until its lifespan runs)."""
+"""create_app: the proxy's FastAPI application (no I/O until its lifespan runs).
+
+Every answer the application itself gives is an OpenAI error body, the early ones included:
+no trailing-slash redirect (Starlette builds its `Location` from the client's `Host`: an open
+redirect), an unhandled exception is a JSON 500 (still logged with its traceback by the
+server), a refused CORS preflight a JSON 400. Stateless beyond the app it builds.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from proxy.auth import AuthMiddleware, guarding_keys
 from proxy.config import ProxyConfig
-from proxy.errors import install_exception_handlers
+from proxy.errors import InvalidRequestError, ProxyError, install_exception_handlers
 from proxy.limits import HeaderLimitMiddleware
 from proxy.metrics import UNKNOWN_MODEL
 from proxy.routes import admin as admin_routes, openai as openai_routes, schemas
@@ -29,11 +37,18 @@ def create_app(
         async with services.running():
             yield
 
-    app = FastAPI(title="vllm-switch", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="vllm-switch",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,  # `/v1/models/` is a JSON 404, never a redirect
+    )
     app.state.services = services
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
     install_exception_handlers(app)
+    app.add_exception_handler(Exception, _internal_error)  # runs in Starlette's outermost layer
     names = [n for m in config.models for n in (m.name, *m.aliases)]
 
     def openapi() -> dict[str, Any]:
@@ -52,7 +67,7 @@ def create_app(
     auth = config.auth
     if auth.cors_origins:  # none unless configured: browsers may not call the API from other sites
         app.add_middleware(
-            CORSMiddleware,
+            _JsonCorsMiddleware,
             allow_origins=list(auth.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
@@ -66,3 +81,24 @@ def create_app(
         HeaderLimitMiddleware, max_bytes=config.limits.max_header_bytes, on_reject=too_large
     )
     return app
+
+
+async def _internal_error(_: Request, exc: Exception) -> Response:
+    """A bug's answer: OpenAI JSON, never the exception's text (the server logs the traceback)."""
+    return ProxyError(
+        f"internal error in the proxy ({type(exc).__name__}); it is logged"
+    ).response()
+
+
+class _JsonCorsMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in OpenAI JSON, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = InvalidRequestError(bytes(response.body).decode()).response()
+        for name, value in response.headers.items():
+            if name.startswith(("access-control-", "vary")):
+                refused.headers[name] = value
+        return refused

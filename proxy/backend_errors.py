@@ -42,7 +42,7 @@ async def error_response(
     status = upstream.status_code
     headers = [
         (k, v)
-        for k, v in response_headers(upstream, extra)
+        for k, v in response_headers(upstream, extra, backend)
         if k not in (b"content-length", b"content-encoding")
     ]
     if _is_openai_error(bytes(body)) and upstream.headers.get("content-encoding") is None:

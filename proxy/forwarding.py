@@ -5,11 +5,18 @@ life of the client response: whether the body ends, the backend fails mid-stream
 client disconnects, the upstream is closed (vLLM aborts the request: no slot stays busy) and
 the lease is released (a drain waiting on it can proceed). Bytes are never re-buffered, and
 headers travel as raw bytes both ways (no decode/re-encode that a non-ASCII value could break).
+
+Hygiene at both edges (stateless): a body is UTF-8 JSON with no lone surrogate, or a 400;
+a backend sees only an allow-list of the client's headers (never a credential, never the
+client's framing); a client sees the backend's end-to-end headers only, each one valid to send,
+and a Content-Length only where the backend framed the body by it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -27,6 +34,26 @@ from proxy.errors import (
     sse_error,
 )
 
+# The client's headers a backend may see (ASGI servers give names in lower case). Whatever is
+# not listed stays here: credentials of every kind (Authorization, Proxy-Authorization,
+# X-Api-Key, api-key, Cookie, ...), the client's framing and hop-by-hop headers (Host,
+# Content-Length, Transfer-Encoding, Connection, Expect, TE, Upgrade, ...) and anything else.
+# httpx sets Host and Content-Length for the body the proxy sends.
+FORWARDED_REQUEST_HEADERS = frozenset(
+    {
+        b"content-type",
+        b"accept",
+        b"user-agent",
+        b"x-request-id",  # vLLM echoes it with --enable-request-id-headers
+        b"x-client-request-id",  # a request id of the client's choosing (OpenAI's API takes it)
+        b"x-correlation-id",
+        b"traceparent",  # W3C trace context: vLLM's OpenTelemetry tracing reads these two
+        b"tracestate",
+    }
+)
+# Bodies pass through undecoded, so no coding is accepted (without the header any would be,
+# RFC 9110 12.5.3): an error body stays readable, and no compressor holds back stream chunks.
+_IDENTITY = (b"accept-encoding", b"identity")
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -40,9 +67,14 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"authorization"}
-_RESPONSE_DROP = HOP_BY_HOP | {b"date", b"server"}
+_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server"}  # uvicorn sends its own
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"  # no CTL but HTAB
+_EDGE_SPACE = frozenset(b" \t")
+log = logging.getLogger(__name__)
 RawHeaders = list[tuple[bytes, bytes]]
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # an escaped surrogate, paired or not
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -64,8 +96,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def parse_json_object(body: bytes, max_depth: int = 64) -> dict[str, Any]:
+    """The body as a JSON object; only UTF-8 JSON (RFC 8259 8.1) is accepted, with no lone
+    surrogate anywhere: an invalid string would fail later, where it is encoded for an answer."""
+    try:  # strict, once: json.loads(bytes) would take UTF-16/32 and UTF-8-encoded surrogates
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(
+            f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason}); send UTF-8 JSON"
+        ) from None
     try:
-        data = json.loads(body)
+        data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidRequestError(f"request body is not valid JSON: {reason}") from None
@@ -73,7 +113,35 @@ def parse_json_object(body: bytes, max_depth: int = 64) -> dict[str, Any]:
         raise InvalidRequestError("request body must be a JSON object")
     if _depth(data) > max_depth:
         raise InvalidRequestError(f"request body is nested deeper than {max_depth} levels")
+    # json.loads joins escaped pairs into one code point: only a lone escape leaves a surrogate
+    if _SURROGATE_ESCAPE.search(body) and (found := _lone_surrogate(data)) is not None:
+        path, in_key = found
+        where = f"a key of {path or 'the body'}" if in_key else path
+        raise InvalidRequestError(
+            f"request body has a lone UTF-16 surrogate escape (\\uD800-\\uDFFF not in a valid "
+            f"pair) in {where}; JSON strings must be valid Unicode",
+            param=path or None,
+        )
     return data
+
+
+def _lone_surrogate(value: object) -> tuple[str, bool] | None:
+    """The path (`messages[0].content`) of the first string with a surrogate, and whether it is
+    a key (then the path is its object's); None if there is none."""
+    stack: list[tuple[object, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path[:200], False
+        elif isinstance(item, dict):
+            for key, v in item.items():
+                if _SURROGATE.search(key):
+                    return path[:200], True
+                stack.append((v, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+    return None
 
 
 def _depth(value: object) -> int:
@@ -97,17 +165,57 @@ def with_model(body: bytes, data: dict[str, Any], model: str) -> bytes:
 
 
 def request_headers(raw: RawHeaders, api_key: str | None) -> RawHeaders:
-    headers = [(k, v) for k, v in raw if k.lower() not in _REQUEST_DROP]
+    """What a backend gets: the allowed client headers, and its own key (the hot path: one
+    set lookup per header)."""
+    allowed = FORWARDED_REQUEST_HEADERS
+    headers = [(k, v) for k, v in raw if k.lower() in allowed]
+    headers.append(_IDENTITY)
     if api_key:
-        headers.append((b"authorization", f"Bearer {api_key}".encode()))
+        headers.append((b"authorization", b"Bearer " + api_key.encode()))
     return headers
 
 
-def response_headers(upstream: httpx.Response, extra: Mapping[str, str]) -> RawHeaders:
-    headers = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _RESPONSE_DROP]
+def response_headers(
+    upstream: httpx.Response, extra: Mapping[str, str], backend: str
+) -> RawHeaders:
+    """What the client gets: the backend's end-to-end headers (hop-by-hop ones, those its
+    `Connection` names (RFC 9110 7.6.1) and those the proxy sets itself dropped), each valid
+    to send, or a 502. Content-Length only for a body framed by it (RFC 9112 6.3: when the
+    proxy re-frames, the received one goes); uvicorn then sends the body as is, else chunked."""
+    status = upstream.status_code
+    ours = {k.encode(): v.encode("latin-1", "replace") for k, v in extra.items()}  # lower case
+    headers: RawHeaders = []
+    nominated: set[bytes] = set()
+    lengths: list[bytes] = []
+    framed_by_length = status >= 200 and status not in (204, 304)
+    for name, value in upstream.headers.raw:
+        key = name.lower()
+        if key in _RESPONSE_DROP:
+            if key == b"content-length":
+                lengths.append(value.strip(b" \t"))
+            elif key == b"transfer-encoding":
+                framed_by_length = False
+            elif key == b"connection":
+                nominated.update(t.strip(b" \t").lower() for t in value.split(b","))
+            continue
+        if key in ours:
+            continue
+        if not key or key.translate(None, _TCHAR) or value.translate(None, _FIELD_BYTES):
+            log.warning("backend %s sent an invalid header %r: %r", backend, name, value[:200])
+            raise UpstreamUnreachableError(
+                f"backend {backend!r} sent an invalid response header {name[:64]!r}"
+            )
+        if value and (value[0] in _EDGE_SPACE or value[-1] in _EDGE_SPACE):
+            value = value.strip(b" \t")  # optional whitespace (RFC 9110 5.5): h11 refuses it
+        headers.append((key, value))
+    if nominated:
+        headers = [(k, v) for k, v in headers if k not in nominated]
+        framed_by_length = framed_by_length and b"content-length" not in nominated
+    if framed_by_length and len(set(lengths)) == 1 and lengths[0].isdigit():
+        headers.append((b"content-length", lengths[0]))
     if upstream.headers.get("content-type", "").startswith("text/event-stream"):
         headers.append((b"x-accel-buffering", b"no"))  # tell nginx & co. not to buffer the stream
-    headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+    headers += ours.items()
     return headers
 
 
@@ -151,7 +259,8 @@ class UpstreamResponse(Response):
     ) -> UpstreamResponse:
         """Own `upstream` and the lease from here on; if building fails, free both now."""
         try:
-            return cls(upstream, release, response_headers(upstream, extra), backend, observer)
+            headers = response_headers(upstream, extra, backend)
+            return cls(upstream, release, headers, backend, observer)
         except BaseException:
             try:
                 await upstream.aclose()
@@ -177,10 +286,11 @@ class UpstreamResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
+        last = b"\n\n"  # the last bytes sent end an event (or nothing was sent)
         try:
-            async for chunk in self._upstream.aiter_raw():
+            async for last in self._upstream.aiter_raw():
                 self._observer.first_byte()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": last, "more_body": True})
         except httpx.HTTPError as exc:
             self._ended = (502, "upstream_failed")
             if not self._sse:
@@ -189,7 +299,10 @@ class UpstreamResponse(Response):
             error = UpstreamUnreachableError(
                 f"backend {self._backend!r} failed mid-stream: {type(exc).__name__}: {exc}"
             )
-            await send({"type": "http.response.body", "body": sse_error(error), "more_body": True})
+            event = sse_error(error)
+            if not last.endswith((b"\n\n", b"\r\n\r\n")):  # cut inside an event: end it
+                event = b"\n\n" + event  # first, or the error would be glued to its last line
+            await send({"type": "http.response.body", "body": event, "more_body": True})
         except OSError:
             self._ended = self._ended or (499, "client_gone")
             return  # the client is gone

@@ -1,4 +1,4 @@
-"""Client and admin API keys, CORS off by default, input limits."""
+"""Client and admin API keys, CORS off by default, input limits, no redirects, JSON early errors."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from proxy.config import ConfigError, parse_config
+from proxy.services import Services
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 
 CLIENT, ADMIN, BACKEND = "sk-client-0123", "sk-admin-0123", "sk-backend-0123"
@@ -119,3 +120,60 @@ async def test_oversized_headers_get_an_openai_431(fleet: Fleet) -> None:
     assert "the limit is 16384" in big.json()["error"]["message"]
     assert fine.status_code == 200
     assert 'vllm_switch_rejected_total{model="unknown",reason="too_large"} 1.0' in metrics
+
+
+async def test_trailing_slash_paths_are_json_404s_never_redirects(fleet: Fleet) -> None:
+    """Starlette would answer 307 with a `Location` built from the client's Host."""
+    fleet.start(("model-a", []), ("model-b", []))
+    evil = {"Host": "evil.example"}
+    paths = ("/v1/models/", "/health/", "/ready/", "/metrics/", "/admin/status/", "/openapi.json/")
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        post = await c.post("/v1/chat/completions/", json=chat("model-a"), headers=evil)
+        gets = [await c.get(path, headers=evil) for path in paths]
+        ok = await c.post("/v1/chat/completions", json=chat("model-a"))
+    for r in (post, *gets):
+        assert r.status_code == 404, r.request.url
+        assert "location" not in r.headers
+        assert r.json()["error"]["code"] == "not_found"
+    assert ok.status_code == 200
+
+
+async def test_a_refused_cors_preflight_is_an_openai_error(fleet: Fleet) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    auth = {"cors_origins": ["https://app.example"]}
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    async with (
+        serve_proxy(
+            config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}], auth=auth)
+        ) as proxy,
+        httpx.AsyncClient(base_url=proxy.url) as c,
+    ):
+        r = await c.options("/v1/chat/completions", headers=preflight)
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    assert "origin" in r.json()["error"]["message"]
+    assert "access-control-allow-origin" not in r.headers
+
+
+async def test_an_unexpected_exception_is_an_openai_500(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug with a secret in its text")
+
+    monkeypatch.setattr(Services, "resolve", broken)
+    fleet.start(("model-a", []), ("model-b", []))
+    async with (
+        serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
+    ):
+        r = await c.post("/v1/chat/completions", json=chat("model-a"))
+        health = await c.get("/health")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["code"] == "internal_error"
+    assert "secret" not in r.text  # the exception's text is logged, never sent
+    assert health.status_code == 200
