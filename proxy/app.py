@@ -24,6 +24,7 @@ from proxy.errors import InvalidRequestError, ProxyError, install_exception_hand
 from proxy.limits import HeaderLimitMiddleware
 from proxy.metrics import UNKNOWN_MODEL
 from proxy.routes import admin as admin_routes, openai as openai_routes, schemas
+from proxy.routes.direct import DirectRoutes
 from proxy.services import Services
 
 
@@ -64,6 +65,8 @@ def create_app(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # added first, so it runs innermost (after the header limit, keys and CORS): the hot path
+    app.add_middleware(DirectRoutes, routes=openai_routes.FORWARDED)
     auth = config.auth
     if auth.cors_origins:  # none unless configured: browsers may not call the API from other sites
         app.add_middleware(

@@ -41,11 +41,17 @@ class ProxyError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         headers = {ERROR_HEADER: self.code}
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(self.retry_after_s)))
-        return JSONResponse(self.body(), status_code=self.status_code, headers=headers)
+        # ASCII JSON: a client's string echoed in a message (a model name) can hold anything
+        return Response(
+            json.dumps(self.body()).encode(),
+            status_code=self.status_code,
+            headers=headers,
+            media_type="application/json",
+        )
 
 
 class InvalidRequestError(ProxyError):

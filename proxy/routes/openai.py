@@ -172,6 +172,8 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
                 retry_after_s=services.config.limits.retry_after_s,
             )
         upstream = await _send(services, request, model, path, body)
+        headers = {"x-vllm-switch-model": model.name, "x-request-id": record.request_id}
+        return await _answer(upstream, lambda: None, headers, model.name, path, record)
     except ClientGoneError:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
@@ -180,8 +182,6 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
         response = exc.response()
         response.headers["x-request-id"] = record.request_id
         return response
-    headers = {"x-vllm-switch-model": model.name, "x-request-id": record.request_id}
-    return await _answer(upstream, lambda: None, headers, model.name, path, record)
 
 
 @router.post("/v1/chat/completions", openapi_extra=schemas.body("/v1/chat/completions"))
@@ -212,6 +212,15 @@ async def tokenize(request: Request) -> Response:
 @router.post("/detokenize", openapi_extra=schemas.body("/detokenize"))
 async def detokenize(request: Request) -> Response:
     return await forward_frontend_only(request, "/detokenize")
+
+
+# the same handlers, for DirectRoutes (proxy/routes/direct.py): the hot path skips the router
+FORWARDED = {
+    **dict.fromkeys(
+        ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"), forward
+    ),
+    **dict.fromkeys(("/tokenize", "/detokenize"), forward_frontend_only),
+}
 
 
 @router.get("/v1/models")

@@ -245,9 +245,10 @@ async def test_mid_stream_backend_crash_ends_the_stream_with_an_error_event(flee
 
 
 async def test_odd_but_valid_input_is_forwarded(fleet: Fleet) -> None:
-    """A latin-1 header value and a lone surrogate in an aliased body are not 500s."""
+    """A latin-1 header value and an escaped surrogate pair in an aliased body are forwarded
+    (a lone surrogate is a 400: tests/proxy/test_hygiene.py)."""
     fleet.start(("model-b", []), ("model-a", []))
-    body = b'{"model":"a","prompt":"\\ud800 hi","max_tokens":2}'
+    body = b'{"model":"a","prompt":"\\ud83d\\ude00 hi","max_tokens":2}'
     async with (
         serve_proxy(config_for(fleet, MODELS)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as c,
