@@ -1,6 +1,7 @@
-"""The proxy's upstream transport (its own keep-alive pool and HTTP/1.1 parser under httpx)
-fails the way httpx's own does, frames bodies as HTTP/1.1 says, reuses a connection only when
-that is safe, and notices a backend that closed an idle keep-alive connection."""
+"""The proxy's upstream transport (its own keep-alive pool under httpx, responses parsed by
+llhttp in `proxy/http1.py`) fails the way httpx's own does, frames bodies as HTTP/1.1 says,
+reuses a connection only when that is safe (never after a stray byte, trailing bytes or EOF),
+never sends a POST twice, and bounds the wait for a response head."""
 
 from __future__ import annotations
 
@@ -144,11 +145,7 @@ async def test_body_without_length_runs_until_the_backend_closes() -> None:
     [
         (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", {}),
         (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", {}),
-        (
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
-            b"2\r\nok\r\n0\r\n\r\n",
-            {},
-        ),
+        (OK + b"X", {}),  # a byte after the response: the connection is out of step
         (OK, {"connection": "close"}),  # the proxy's own request asked for it
     ],
 )
@@ -189,6 +186,58 @@ async def test_reused_connection_closed_without_a_byte_is_retried_once_on_a_new_
         texts = [(await c.get(url)).text for _ in range(2)]
     assert texts == ["ok", "ok"]
     assert requests == [2, 1]
+
+
+async def test_a_post_is_never_sent_twice_even_on_a_reused_connection() -> None:
+    """The backend read it and closed without a byte back: it may be generating already."""
+    handle, requests = scripted(["ok", "hangup"], ["ok"])
+    async with server(handle) as url, client() as c:
+        assert (await c.post(url, content=b"{}")).text == "ok"
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await c.post(url, content=b"{}")
+    assert requests == [2]
+
+
+async def test_a_stray_response_on_an_idle_connection_is_never_read_as_an_answer() -> None:
+    answered, sent = asyncio.Event(), asyncio.Event()
+    connections = 0
+
+    async def stray_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK)
+            await writer.drain()
+            if connections == 1:  # then, on the idle connection, an answer nobody asked for
+                await answered.wait()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nstray")
+                await writer.drain()
+                sent.set()
+
+    async with server(stray_once) as url, client() as c:
+        assert (await c.get(url)).text == "ok"
+        answered.set()
+        async with asyncio.timeout(5):
+            await sent.wait()
+        assert [(await c.get(url)).text for _ in range(2)] == ["ok", "ok"]
+    assert connections == 2
+
+
+async def test_endless_interim_responses_end_at_the_read_timeout() -> None:
+    """`read` bounds the whole response head, 1xx heads included, not each read."""
+
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        while True:  # until the client gives up (then a write fails or the server() exits)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+    async with server(continues) as url, client(timeout=0.3) as c:
+        async with asyncio.timeout(10):
+            with pytest.raises(httpx.ReadTimeout):
+                await c.get(url)
 
 
 @pytest.mark.parametrize(
@@ -233,6 +282,14 @@ async def test_expired_idle_connection_is_not_reused() -> None:
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",  # then the backend closes
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",  # framed both ways (RFC 9112 6.3: a smuggling signal)
+        b"HTTP/1.1 099 Odd\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.7 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nx-a: foo\nset-cookie: evil=1\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"x-big: %s\r\n" % (b"v" * 70_000) + b"content-length: 0\r\n\r\n",
     ],
 )
 async def test_malformed_or_truncated_response_is_a_protocol_error(response: bytes) -> None:
