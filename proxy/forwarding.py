@@ -30,6 +30,8 @@ from proxy.errors import (
     ClientGoneError,
     InvalidRequestError,
     PayloadTooLargeError,
+    ProxyError,
+    UpstreamTimeoutError,
     UpstreamUnreachableError,
     sse_error,
 )
@@ -66,6 +68,10 @@ HOP_BY_HOP = frozenset(
         b"transfer-encoding",
         b"upgrade",
     }
+)
+WHOLE_BODY_BYTES = 1024 * 1024
+_TIMING = frozenset(
+    b"x-vllm-switch-" + k for k in (b"model", b"queue-ms", b"sleep-ms", b"wake-ms", b"warmup-ms")
 )
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server"}  # uvicorn sends its own
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -247,6 +253,10 @@ class UpstreamResponse(Response):
         self._observer = observer
         self._ended: tuple[int, str | None] | None = None  # how the response ended, if not normally
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        length = upstream.headers.get("content-length", "")
+        # a non-streamed answer of known, bounded size is read whole before its head goes out:
+        # a body the backend breaks is then a clean 502, never a client connection cut mid-body
+        self._whole = not self._sse and length.isdigit() and int(length) <= WHOLE_BODY_BYTES
 
     @classmethod
     async def take(
@@ -283,6 +293,9 @@ class UpstreamResponse(Response):
                 self._observer.finish(status, error=error)
 
     async def _stream(self, send: Send, watch: Watch) -> None:
+        if self._whole:
+            await self._send_whole(send, watch)
+            return
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
@@ -308,3 +321,34 @@ class UpstreamResponse(Response):
             return  # the client is gone
         watch.armed = False  # (uvicorn also says "disconnect" once a response is complete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_whole(self, send: Send, watch: Watch) -> None:
+        try:
+            body = b"".join([chunk async for chunk in self._upstream.aiter_raw()])
+        except httpx.HTTPError as exc:
+            broke = (
+                f"backend {self._backend!r} broke its response body: {type(exc).__name__}: {exc}"
+            )
+            error: ProxyError = (
+                UpstreamTimeoutError(broke)
+                if isinstance(exc, httpx.TimeoutException)
+                else UpstreamUnreachableError(broke)
+            )
+            self._ended = (error.status_code, "upstream_failed")
+            failed = error.response()
+            ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": failed.status_code,
+                    "headers": failed.raw_headers + ours,
+                }
+            )
+            await send({"type": "http.response.body", "body": failed.body})
+            return
+        self._observer.first_byte()
+        watch.armed = False
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": body})
