@@ -32,33 +32,37 @@ def _load(path: Path) -> ProxyConfig | None:
 def uvicorn_config(
     app: FastAPI, config: ProxyConfig, log_level: str, grace_s: int
 ) -> uvicorn.Config:
-    """The HTTP server's settings (tests serve the app with the same ones)."""
-    import uvicorn
+    """The HTTP server's settings: uvloop, httptools and the edge's limits (proxy/edge.py).
 
-    from proxy.limits import H11_SLACK_BYTES
+    `vllm-switch serve`, the demo and the tests all serve the app with these."""
+    from proxy.edge import EdgeConfig
 
-    return uvicorn.Config(
+    return EdgeConfig(
         app,
+        config.limits,
         lifespan="on",
         log_level=log_level,
         access_log=False,  # the proxy logs one richer line per request itself (requestlog.py)
         timeout_graceful_shutdown=grace_s,
-        h11_max_incomplete_event_size=config.limits.max_header_bytes + H11_SLACK_BYTES,
     )
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from proxy.app import create_app
 
     if (config := _load(args.config)) is None:
         return 2
+    from proxy.fdlimit import raise_open_file_limit
     from proxy.logs import configure_logging
 
     host = args.host or config.host
     port = config.port if args.port is None else args.port
     configure_logging(config.logging.format, config.logging.level)
+    raise_open_file_limit(logging.getLogger("vllm_switch"))  # before the edge sizes its cap
     sock = tcp_listener(host, port)  # bound first: --port 0 works, and we can say where
     print(f"vllm-switch listening on http://{host}:{sock.getsockname()[1]}", flush=True)
     server = uvicorn.Server(uvicorn_config(create_app(config), config, "info", grace_s=30))

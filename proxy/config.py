@@ -155,6 +155,25 @@ class LimitsConfig(_Strict):
         default=600, gt=0, description="longest wait for a model; then 503"
     )
     retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with 429 and 503")
+    head_timeout_s: float = Field(
+        default=15,
+        gt=0,
+        le=300,
+        description="a complete request head within this long of the connection's start (or "
+        "of a keep-alive request's first byte); then 408 and close",
+    )
+    body_timeout_s: float = Field(
+        default=30, gt=0, description="no request body byte for this long: 408 and close"
+    )
+    keepalive_s: int = Field(
+        default=5, ge=1, description="an idle keep-alive connection is closed after this long"
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="open client connections; more get 503 and are closed (never more than "
+        "half the open-file limit)",
+    )
 
 
 class AuthConfig(_Strict):

@@ -9,6 +9,7 @@ two emulator processes and stops them by PID when the proxy exits (Ctrl-C).
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import tempfile
@@ -17,8 +18,10 @@ from pathlib import Path
 import uvicorn
 
 from proxy.app import create_app
+from proxy.cli import uvicorn_config
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially
+from proxy.fdlimit import raise_open_file_limit
 from proxy.listen import tcp_listener
 
 GPU = "demo-gpu"
@@ -104,6 +107,7 @@ def demo_config(emulators: list[EmulatorProcess], host: str, port: int) -> Proxy
 
 
 def run_demo(host: str, port: int) -> int:
+    raise_open_file_limit(logging.getLogger("vllm_switch"))
     sock = tcp_listener(host, port)  # bound and listening before anything starts
     bound = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="vllm-switch-demo-") as tmp:
@@ -111,7 +115,8 @@ def run_demo(host: str, port: int) -> int:
         emulators = bootstrap(Path(tmp))
         try:
             config = demo_config(emulators, host, bound)
-            server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
+            app = create_app(config)
+            server = uvicorn.Server(uvicorn_config(app, config, "warning", grace_s=5))
             print(banner(f"http://{host}:{bound}"), flush=True)  # noqa: T201
             # uvicorn re-raises the signal that stopped it: make SIGTERM, like Ctrl-C, end here so
             # that the emulated servers are stopped below instead of outliving the demo

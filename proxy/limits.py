@@ -1,8 +1,8 @@
 """HeaderLimitMiddleware: refuse oversized request heads with an OpenAI-style 431.
 
-Stateless. The HTTP server has its own, larger, hard limit (uvicorn's h11 buffer, set by
-`vllm-switch serve` to this limit plus 64 KiB): between the two, clients get a JSON 431 that
-names the limit instead of the server's bare `400 Invalid HTTP request`.
+Stateless. It counts exactly, once the head is complete; the HTTP server's protocol
+(proxy/edge.py) bounds an unfinished head at this limit plus a few KiB of raw bytes and answers
+the same JSON 431 there, so a huge head is never buffered.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import HeadersTooLargeError
-
-H11_SLACK_BYTES = 64 * 1024
 
 
 class HeaderLimitMiddleware:

@@ -1,0 +1,366 @@
+"""The inbound HTTP edge: uvicorn on uvloop with httptools, plus the limits uvicorn lacks.
+
+`EdgeProtocol` is uvicorn's `HttpToolsProtocol` with, per connection:
+  - a deadline for a complete request head, from the connection's start or from the first
+    byte of a keep-alive request (`limits.head_timeout_s`), and one for a stalled body (no body
+    byte for `limits.body_timeout_s` while the app waits for it): 408;
+  - a bound on the bytes of an unfinished head (`limits.max_header_bytes` + `HEAD_SLACK_BYTES`):
+    431 before buffering more (HeaderLimitMiddleware gives the exact 431 below that);
+  - a cap on open connections (`connection_cap`): the connection beyond it gets a 503;
+  - parser (framing) errors answered with a JSON 400, not uvicorn's text/plain one, and an
+    Upgrade request answered as plain HTTP, then the connection closed (llhttp would hand the
+    bytes after it to the next request: a request with a body and Upgrade gets a 400).
+Every such answer is an OpenAI error body with `Connection: close`, written unless the client
+could take it for the answer to an earlier request (then the connection is just closed), and
+logged at most once per 10 s per kind. uvicorn closes idle keep-alive connections
+(`limits.keepalive_s`).
+
+State: an `Edge` (one per server, owned by its `EdgeConfig`) holds the settings, the encoded
+answers and the rate-limited log; each `EdgeProtocol` owns its connection's phase and timers.
+What this relies on in uvicorn 0.54 (`HttpToolsProtocol`, `RequestResponseCycle`, `FlowControl`)
+is listed in `UVICORN_ATTRIBUTES` and pinned by tests/proxy/test_edge.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+import uvicorn
+import uvloop
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.server import ServerState
+
+from proxy.config import LimitsConfig
+from proxy.errors import HeadersTooLargeError, InvalidRequestError, ProxyError
+from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog, connection_cap
+
+logger = logging.getLogger("vllm_switch.edge")
+
+HEAD_SLACK_BYTES = 4 * 1024  # raw head bytes (request line, CRLFs) beyond what the limit counts
+LINGER_S = 2.0  # after an answer, read and drop what the client still sends, so it reads ours
+
+# what EdgeProtocol uses of uvicorn's httptools protocol and its request cycle
+UVICORN_ATTRIBUTES = {
+    "protocol": (
+        "transport", "flow", "cycle", "pipeline", "connections", "server_state", "parser",
+        "loop", "headers", "timeout_keep_alive",
+    ),
+    "protocol_methods": (
+        "connection_made", "connection_lost", "data_received", "on_message_begin",
+        "on_headers_complete", "on_body", "on_message_complete", "send_400_response",
+        "_unset_keepalive_if_required",
+    ),
+    "cycle": ("response_started", "response_complete", "disconnected", "message_event",
+              "keep_alive", "waiting_for_100_continue"),
+}  # fmt: skip
+
+
+class RequestTimeoutError(ProxyError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class TooManyConnectionsError(ProxyError):
+    status_code = 503
+    error_type = "server_error"
+    code = "too_many_connections"
+
+
+def encode(exc: ProxyError) -> bytes:
+    """Everything of the answer to `exc` after the status line and uvicorn's default headers:
+    `exc.response()`'s headers and body (serialized there, once), plus `Connection: close`."""
+    response = exc.response()
+    headers = b"".join(b"%s: %s\r\n" % pair for pair in response.raw_headers)
+    return headers + b"connection: close\r\n\r\n" + bytes(response.body)
+
+
+@dataclass
+class Edge:
+    """One server's edge settings, its encoded answers and its rate-limited log."""
+
+    head_timeout_s: float
+    body_timeout_s: float
+    max_head_bytes: int
+    max_connections: int
+    answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
+    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
+
+    @classmethod
+    def from_limits(cls, limits: LimitsConfig) -> Edge:
+        cap = connection_cap(limits.max_connections)
+        edge = cls(
+            head_timeout_s=limits.head_timeout_s,
+            body_timeout_s=limits.body_timeout_s,
+            max_head_bytes=limits.max_header_bytes + HEAD_SLACK_BYTES,
+            max_connections=cap,
+        )
+        limit = limits.max_header_bytes
+        for key, exc in {
+            "head_timeout": RequestTimeoutError(
+                f"no complete request head within {limits.head_timeout_s:g} s"
+            ),
+            "body_timeout": RequestTimeoutError(
+                f"the request body stalled: no byte for {limits.body_timeout_s:g} s"
+            ),
+            "too_large": HeadersTooLargeError(
+                f"request line and headers are over {edge.max_head_bytes} bytes; "
+                f"the limit is {limit}"
+            ),
+            "over_cap": TooManyConnectionsError(
+                f"the proxy holds its maximum of {cap} connections; retry later",
+                retry_after_s=limits.retry_after_s,
+            ),
+            "upgrade_body": InvalidRequestError(
+                "a request with a body cannot ask for a protocol upgrade (none is supported)"
+            ),
+        }.items():
+            edge.answers[key] = (exc.status_code, encode(exc))
+        if cap < limits.max_connections:
+            logger.warning(
+                "connection cap lowered to %d (limits.max_connections %d) by the open-file limit",
+                cap,
+                limits.max_connections,
+            )
+        return edge
+
+
+def _response(answer: tuple[int, bytes], default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    status, rest = answer
+    head = b"".join(b"%s: %s\r\n" % pair for pair in default_headers)  # date, server
+    return STATUS_LINE[status] + head + rest
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, telling the protocol each time the app asks for more body."""
+
+    def __init__(self, transport: asyncio.Transport, on_resume: Callable[[], None]) -> None:
+        super().__init__(transport)
+        self._on_resume = on_resume
+
+    def resume_reading(self) -> None:
+        self._on_resume()
+        super().resume_reading()
+
+
+_IDLE, _HEAD, _BODY = 0, 1, 2
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        assert isinstance(config, EdgeConfig), "EdgeProtocol needs an EdgeConfig"
+        self._edge = config.edge
+        self._phase = _IDLE
+        self._began = False  # a message began during the current feed_data
+        self._head_bytes = 0  # raw bytes of the unfinished head (chunks wholly inside it)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_clock = 0.0  # last body byte, or last time the app asked for more
+        self._upgrade_with_body = False
+        self._done = False  # answered or closing: input is dropped
+
+    # connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        cap = self._edge.max_connections
+        if len(self.connections) >= cap:
+            self.transport = transport
+            self._edge.log.warning("over_cap", "refused a connection: %d are open (the cap)", cap)
+            self.connections.add(self)  # counted while it lingers, and closed at shutdown
+            # linger (so that the client reads the 503) while that leaves descriptors spare
+            self._answer(self._edge.answers["over_cap"], linger=len(self.connections) < 2 * cap)
+            return
+        super().connection_made(transport)
+        self.flow = _Flow(transport, self._app_waits)
+        self._head_timer = self.loop.call_later(self._edge.head_timeout_s, self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done = True
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return  # lingering after an answer, or an upgrade's other protocol
+        self._unset_keepalive_if_required()
+        start, self._began = self._phase, False
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
+            return
+        except httptools.HttpParserError as exc:
+            self.send_400_response(str(exc) or type(exc).__name__)
+            return
+        if self._phase == _HEAD:
+            if start == _IDLE or not self._began:  # else the chunk began with another message
+                self._head_bytes += len(data)
+            if self._head_bytes > self._edge.max_head_bytes:
+                self._edge.log.warning("too_large", "refused a request head over %d bytes",
+                                       self._edge.max_head_bytes)  # fmt: skip
+                self._answer(self._edge.answers["too_large"])
+            elif self._head_timer is None:
+                self._head_timer = self.loop.call_later(
+                    self._edge.head_timeout_s, self._head_timeout
+                )
+        elif self._phase == _BODY and self._body_timer is None:
+            self._body_clock = self.loop.time()
+            self._body_timer = self.loop.call_later(self._edge.body_timeout_s, self._body_tick)
+
+    # parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._phase, self._began, self._head_bytes = _HEAD, True, 0
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self.parser.should_upgrade() and any(
+            (name == b"content-length" and value.strip() != b"0") or name == b"transfer-encoding"
+            for name, value in self.headers
+        ):
+            self._upgrade_with_body = True  # llhttp will not parse that body: refused in _upgrade
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_clock = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._phase = _IDLE
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        if not self._upgrade_with_body:
+            super().on_message_complete()
+
+    # uvicorn's own answers
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a framing error, as an OpenAI error (and logged rarely)."""
+        self._edge.log.warning("invalid", "refused an invalid HTTP request: %s", msg)
+        self._answer((400, encode(InvalidRequestError(f"invalid HTTP request: {msg}"))))
+
+    def _upgrade(self) -> None:
+        # llhttp stopped after an Upgrade (or CONNECT) request: what follows belongs to the new
+        # protocol. None is supported, so the request is answered as plain HTTP and the
+        # connection closed after it (RFC 9110 7.8 lets a server ignore Upgrade).
+        if self._upgrade_with_body:
+            self._answer(self._edge.answers["upgrade_body"])
+            return
+        self._done = True
+        cycle: RequestResponseCycle | None = self.cycle  # None before the first request
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False
+        else:
+            self.transport.close()
+
+    # deadlines
+
+    def _app_waits(self) -> None:
+        self._body_clock = self.loop.time()
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._done:
+            self._edge.log.warning("head_timeout", "closed a connection: no request head in time")
+            self._answer(self._edge.answers["head_timeout"])
+
+    def _body_tick(self) -> None:
+        self._body_timer = None
+        if self._done or self._phase != _BODY:
+            return
+        now = self.loop.time()
+        cycle: RequestResponseCycle | None = self.cycle  # None before the first request
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
+            self._body_clock = now  # we are not reading, or the client waits for our 100
+        idle = now - self._body_clock
+        if idle < self._edge.body_timeout_s:
+            self._body_timer = self.loop.call_later(
+                self._edge.body_timeout_s - idle, self._body_tick
+            )
+            return
+        self._edge.log.warning("body_timeout", "closed a connection: the request body stalled")
+        self._answer(self._edge.answers["body_timeout"])
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+    # answering and closing
+
+    def _answer(self, answer: tuple[int, bytes], *, linger: bool = True) -> None:
+        """Send `answer` and close; only close if the answer could be taken for that of an
+        earlier request (one still unanswered, or whose response is partly out).
+
+        Lingering: after the answer, a FIN; what the client still sends is read and dropped for
+        up to LINGER_S, as closing with unread input would reset the connection and could
+        destroy the answer before the client reads it."""
+        self._done = True
+        self._cancel_timers()
+        cycle: RequestResponseCycle | None = self.cycle  # None before the first request
+        open_cycle = cycle is not None and not cycle.response_complete
+        receiving = self._phase == _BODY and not self._upgrade_with_body  # cycle is this one's
+        earlier = bool(self.pipeline) or (
+            cycle is not None and open_cycle and (cycle.response_started or not receiving)
+        )
+        if cycle is not None and open_cycle:
+            cycle.disconnected = True  # the app's receive() says http.disconnect; its send() drops
+            cycle.message_event.set()
+        if earlier or self.transport.is_closing():
+            self.transport.close()
+            return
+        self.transport.write(_response(answer, self.server_state.default_headers))
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
+
+
+class EdgeConfig(uvicorn.Config):
+    """uvicorn's settings, fixed to this stack, plus the `Edge` its protocols share."""
+
+    def __init__(self, app: Any, limits: LimitsConfig, **kwargs: Any) -> None:
+        self.edge = Edge.from_limits(limits)
+        super().__init__(
+            app,
+            loop="uvloop",
+            http=EdgeProtocol,
+            ws="none",  # no WebSocket routes: an Upgrade is answered as plain HTTP
+            timeout_keep_alive=limits.keepalive_s,
+            **kwargs,
+        )
+
+    def get_loop_factory(self) -> Callable[[], asyncio.AbstractEventLoop]:
+        """uvloop, with accept errors logged once per interval (used by `Server.run`)."""
+
+        def new_loop() -> asyncio.AbstractEventLoop:
+            loop = uvloop.new_event_loop()
+            AcceptErrorHandler(RateLimitedLog(logger)).install(loop)
+            return loop
+
+        return new_loop
