@@ -128,12 +128,11 @@ async def test_a_stalled_body_gets_408_and_a_steady_one_does_not() -> None:
 
 
 async def test_idle_keepalive_connections_are_closed() -> None:
-    async with serve_proxy(edge_config(keepalive_s=1), reconciled=False) as proxy:
-        started = time.monotonic()
-        raw = await until_closed(port_of(proxy.url), HEALTH)
-        elapsed = time.monotonic() - started
+    config = edge_config(keepalive_s=1)
+    assert uvicorn_config(create_app(config), config, "warning", grace_s=1).timeout_keep_alive == 1
+    async with serve_proxy(config, reconciled=False) as proxy:
+        raw = await until_closed(port_of(proxy.url), HEALTH)  # answered, then closed when idle
     assert parse(raw)[0] == 200
-    assert elapsed < 4, "closed after limits.keepalive_s (1 s), not uvicorn's default (5 s)"
 
 
 async def test_connections_beyond_the_cap_get_a_503_and_are_closed() -> None:
