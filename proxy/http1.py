@@ -10,7 +10,9 @@ a proxy must still refuse is checked here, in one place (`_check_head`):
 - a status outside 100-599, an HTTP version other than 1.0 or 1.1, a 101 (no upgrades);
 - a Transfer-Encoding other than exactly `chunked` (the proxy decodes no other coding);
 - Content-Length or Transfer-Encoding on a 1xx or 204 (RFC 9110 8.6, 6.1: they have no body);
-- a head (interim 1xx heads included) over `max_head_bytes`.
+- a head (interim 1xx heads included) over `max_head_bytes`; bytes before the status line;
+  control bytes in the reason phrase.
+Trailers (after the last chunk) are parsed and dropped: they never become headers.
 Anything malformed raises `httpx.RemoteProtocolError` with llhttp's or our reason.
 
 State: a `ResponseParser` owns one response's parse (its llhttp parser, the head being built, the
@@ -81,12 +83,16 @@ class ResponseParser:
             self.trailing = self.trailing or bool(data)
             return
         if self.head is None:
+            if not self._head_bytes and data and data[0] != 0x48:  # "H": llhttp skips CR/LF
+                raise httpx.RemoteProtocolError(
+                    "malformed response from the backend: no status line"
+                )
             self._head_bytes += len(data)
         try:
             self._llhttp.feed_data(data)
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _TrailingError):
-                self.trailing = True
+            if isinstance(exc.__context__, _TrailingError) or self._completed():
+                self.trailing = True  # (llhttp refuses bytes after a `Connection: close` one)
                 return
             raise self._error or httpx.RemoteProtocolError(
                 f"malformed response from the backend: {exc}"
@@ -103,6 +109,10 @@ class ResponseParser:
         if self.head.chunked or self.head.length is not None:
             raise httpx.RemoteProtocolError("backend closed the connection before the body ended")
         self.complete = True
+
+    def _completed(self) -> bool:
+        """`complete` as llhttp's callbacks left it (a type checker keeps what it was before)."""
+        return self.complete
 
     def take_body(self) -> bytes:
         data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -121,8 +131,9 @@ class ResponseParser:
         self._head_size += len(data) + 15  # "HTTP/1.1 200 " and CRLF
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
         self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if self.head is None:  # trailers (after the last chunk) are read and dropped
+            self._headers.append((name, value.rstrip(b" \t")))  # optional whitespace (RFC 9110 5.5)
         if self._head_size > self._max_head:  # a whole head that came in one read with its body
             self._fail(f"response head larger than {self._max_head} bytes")
 
@@ -145,6 +156,7 @@ class ResponseParser:
             length,
             keep_alive=self._llhttp.should_keep_alive(),
         )
+        self._headers = []
 
     def on_body(self, data: bytes) -> None:
         self._body.append(data)
@@ -156,6 +168,8 @@ class ResponseParser:
 
     def _check_head(self, status: int) -> tuple[int | None, bool]:
         """Framing of the head just parsed; refuses what llhttp lets through (module docstring)."""
+        if not _FIELD_VALUE.fullmatch(self._reason):
+            self._fail(f"control bytes in the reason phrase {bytes(self._reason[:40])!r}")
         version = self._llhttp.get_http_version()
         if version not in ("1.1", "1.0"):
             self._fail(f"unsupported HTTP version {version!r}")
