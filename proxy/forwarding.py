@@ -253,10 +253,6 @@ class UpstreamResponse(Response):
         self._observer = observer
         self._ended: tuple[int, str | None] | None = None  # how the response ended, if not normally
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
-        length = upstream.headers.get("content-length", "")
-        # a non-streamed answer of known, bounded size is read whole before its head goes out:
-        # a body the backend breaks is then a clean 502, never a client connection cut mid-body
-        self._whole = not self._sse and length.isdigit() and int(length) <= WHOLE_BODY_BYTES
 
     @classmethod
     async def take(
@@ -293,15 +289,36 @@ class UpstreamResponse(Response):
                 self._observer.finish(status, error=error)
 
     async def _stream(self, send: Send, watch: Watch) -> None:
-        if self._whole:
-            await self._send_whole(send, watch)
-            return
+        chunks = self._upstream.aiter_raw()
+        held: list[bytes] = []
+        if not self._sse:
+            # an answer that is not a stream is held until it is complete (or past
+            # WHOLE_BODY_BYTES): a body the backend breaks is then a clean 502/504, never a
+            # client connection cut mid-body (vLLM's answers come in one piece: nothing waits)
+            size = 0
+            try:
+                async for chunk in chunks:
+                    held.append(chunk)
+                    size += len(chunk)
+                    if size > WHOLE_BODY_BYTES:
+                        break
+                else:
+                    await self._send_whole(send, watch, b"".join(held))
+                    return
+            except httpx.HTTPError as exc:
+                await self._send_failure(send, exc)
+                return
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         last = b"\n\n"  # the last bytes sent end an event (or nothing was sent)
         try:
-            async for last in self._upstream.aiter_raw():
+            if held:
+                self._observer.first_byte()
+                await send(
+                    {"type": "http.response.body", "body": b"".join(held), "more_body": True}
+                )
+            async for last in chunks:
                 self._observer.first_byte()
                 await send({"type": "http.response.body", "body": last, "more_body": True})
         except httpx.HTTPError as exc:
@@ -322,33 +339,27 @@ class UpstreamResponse(Response):
         watch.armed = False  # (uvicorn also says "disconnect" once a response is complete)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _send_whole(self, send: Send, watch: Watch) -> None:
-        try:
-            body = b"".join([chunk async for chunk in self._upstream.aiter_raw()])
-        except httpx.HTTPError as exc:
-            broke = (
-                f"backend {self._backend!r} broke its response body: {type(exc).__name__}: {exc}"
-            )
-            error: ProxyError = (
-                UpstreamTimeoutError(broke)
-                if isinstance(exc, httpx.TimeoutException)
-                else UpstreamUnreachableError(broke)
-            )
-            self._ended = (error.status_code, "upstream_failed")
-            failed = error.response()
-            ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": failed.status_code,
-                    "headers": failed.raw_headers + ours,
-                }
-            )
-            await send({"type": "http.response.body", "body": failed.body})
-            return
+    async def _send_whole(self, send: Send, watch: Watch, body: bytes) -> None:
         self._observer.first_byte()
         watch.armed = False
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def _send_failure(self, send: Send, exc: httpx.HTTPError) -> None:
+        """The backend broke a body before anything of it went out: an OpenAI error instead."""
+        broke = f"backend {self._backend!r} broke its response body: {type(exc).__name__}: {exc}"
+        error: ProxyError = (
+            UpstreamTimeoutError(broke)
+            if isinstance(exc, httpx.TimeoutException)
+            else UpstreamUnreachableError(broke)
+        )
+        self._ended = (error.status_code, "upstream_failed")
+        failed = error.response()
+        ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]
+        headers = failed.raw_headers + ours
+        await send(
+            {"type": "http.response.start", "status": failed.status_code, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": failed.body})

@@ -200,11 +200,9 @@ class _Connection(asyncio.Protocol):
             raise self._error
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            await self._waiter
+            await self._waiter  # the caller looks at what came, then waits again (or raises)
         finally:
             self._waiter = None
-        if self._error is not None:
-            raise self._error
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():

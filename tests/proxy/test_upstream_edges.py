@@ -205,6 +205,58 @@ async def test_a_stream_that_goes_bad_ends_with_an_sse_error_and_done(
     assert done == b"[DONE]"
 
 
+JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "code"),
+    [
+        pytest.param(
+            [send(JSON_HEAD + b'content-length: 40\r\n\r\n{"partial":'), close()],
+            502,
+            "upstream_unreachable",
+            id="cut short",
+        ),
+        pytest.param(
+            [send(JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")],
+            502,
+            "upstream_unreachable",
+            id="bad chunk after a good one",
+        ),
+        pytest.param(
+            [send(JSON_HEAD + b'content-length: 40\r\n\r\n{"partial":'), hang()],
+            504,
+            "upstream_timeout",
+            id="stalls past read_s",
+        ),
+    ],
+)
+async def test_an_answer_whose_body_breaks_is_a_clean_error_not_a_cut_connection(
+    backend: Misbehaving, plan: list[Any], status: int, code: str
+) -> None:
+    """A non-streamed answer is held until complete, so a body the backend breaks after a
+    good head still gets the client a whole OpenAI error (not a reset mid-body)."""
+    backend.plans.append(plan)
+    async with proxied(backend.url, {"name": "m", "timeouts": {"read_s": 0.5}}) as client:
+        r = await ask(client, 0)
+        assert_proxy_error(r, status, code)
+        assert r.headers["x-vllm-switch-model"] == "m"
+        assert marker(await ask(client, 1)) == 1
+
+
+async def test_a_large_answer_whose_body_breaks_cuts_the_client_connection(
+    backend: Misbehaving,
+) -> None:
+    """Past the 1 MiB held back, the head is gone: a broken body aborts the client connection,
+    so a truncated body never looks complete."""
+    head = JSON_HEAD + b"content-length: %d\r\n\r\n" % (4 * MIB)
+    backend.plans.append([send(head, b"x" * (2 * MIB)), close()])
+    async with proxied(backend.url) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await ask(client, 0)
+        assert marker(await ask(client, 1)) == 1
+
+
 def rss_bytes() -> int:
     with open("/proc/self/status") as status:
         kib = next(line.split()[1] for line in status if line.startswith("VmRSS:"))
@@ -249,7 +301,10 @@ async def test_partial_chunk_data_is_handed_on_before_the_chunk_is_complete(
     half = asyncio.Event()
     data = bytes(range(256)) * 4096  # one chunk of 1 MiB, sent in 64 KiB pieces
     pieces = [data[i : i + 65536] for i in range(0, MIB, 65536)]
-    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n100000\r\n"
+    head = (  # a stream (an answer that is not one is held back up to 1 MiB on purpose)
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+        b"transfer-encoding: chunked\r\n\r\n100000\r\n"
+    )
     backend.plans.append([send(head, *pieces[:8]), wait(half), send(*pieces[8:], b"\r\n0\r\n\r\n")])
     async with (
         proxied(backend.url) as client,
