@@ -62,7 +62,11 @@ class TimeoutsConfig(_Strict):
         default=900, gt=0, description="a backend still starting at proxy start-up"
     )
     connect_s: float = Field(default=5, gt=0, description="TCP connect to a backend")
-    read_s: float = Field(default=600, gt=0, description="max gap between two bytes of a response")
+    read_s: float = Field(
+        default=600,
+        gt=0,
+        description="forwarded requests: longest wait for the response head, then between body bytes",
+    )
 
 
 class RestartConfig(_Strict):

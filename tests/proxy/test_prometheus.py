@@ -93,9 +93,10 @@ async def prometheus(tmp_path: Path, target: str) -> AsyncIterator[httpx.AsyncCl
         "scrape_configs": [{"job_name": "vllm-switch", "static_configs": [{"targets": [target]}]}],
     }
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    exe = binary("prometheus")  # (skips before a file is opened)
     log = (tmp_path / "prometheus.log").open("wb")
     proc = await asyncio.create_subprocess_exec(
-        binary("prometheus"),
+        exe,
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}",
