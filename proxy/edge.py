@@ -58,7 +58,7 @@ UVICORN_ATTRIBUTES = {
     "protocol_methods": (
         "connection_made", "connection_lost", "data_received", "on_message_begin",
         "on_headers_complete", "on_body", "on_message_complete", "send_400_response",
-        "_unset_keepalive_if_required",
+        "_unset_keepalive_if_required", "on_response_complete",
     ),
     "cycle": ("response_started", "response_complete", "disconnected", "message_event",
               "keep_alive", "waiting_for_100_continue"),
@@ -173,6 +173,8 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_clock = 0.0  # last body byte, or last time the app asked for more
+        self._framing = 0  # bytes since the last body byte: chunk lines, extensions, trailers
+        self._got_body = False  # a body byte came during the current feed_data
         self._upgrade_with_body = False
         self._done = False  # answered or closing: input is dropped
 
@@ -189,7 +191,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         super().connection_made(transport)
         self.flow = _Flow(transport, self._app_waits)
-        self._head_timer = self.loop.call_later(self._edge.head_timeout_s, self._head_timeout)
+        self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True
@@ -200,7 +202,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._done:
             return  # lingering after an answer, or an upgrade's other protocol
         self._unset_keepalive_if_required()
-        start, self._began = self._phase, False
+        start, self._began, self._got_body = self._phase, False, False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -213,22 +215,41 @@ class EdgeProtocol(HttpToolsProtocol):
             if start == _IDLE or not self._began:  # else the chunk began with another message
                 self._head_bytes += len(data)
             if self._head_bytes > self._edge.max_head_bytes:
-                self._edge.log.warning("too_large", "refused a request head over %d bytes",
-                                       self._edge.max_head_bytes)  # fmt: skip
-                self._answer(self._edge.answers["too_large"])
-            elif self._head_timer is None:
-                self._head_timer = self.loop.call_later(
-                    self._edge.head_timeout_s, self._head_timeout
-                )
-        elif self._phase == _BODY and self._body_timer is None:
-            self._body_clock = self.loop.time()
-            self._body_timer = self.loop.call_later(self._edge.body_timeout_s, self._body_tick)
+                self._refuse_too_large("head")
+            elif self._head_timer is None and not self._responding():
+                self._arm_head_timer()  # (a pipelined head: once the response before it is out)
+        elif self._phase == _BODY:
+            # llhttp keeps an unfinished trailer value in memory and counts no chunk extension
+            # as body: bytes that bring no body are bounded like a head
+            self._framing = 0 if self._got_body else self._framing + len(data)
+            if self._framing > self._edge.max_head_bytes:
+                self._refuse_too_large("chunk framing or trailer section")
+            elif self._body_timer is None:
+                self._body_clock = self.loop.time()
+                self._body_timer = self.loop.call_later(self._edge.body_timeout_s, self._body_tick)
+
+    def _refuse_too_large(self, what: str) -> None:
+        self._edge.log.warning("too_large", "refused a request %s over %d bytes",
+                               what, self._edge.max_head_bytes)  # fmt: skip
+        self._answer(self._edge.answers["too_large"])
+
+    def _responding(self) -> bool:
+        cycle: RequestResponseCycle | None = self.cycle  # None before the first request
+        return cycle is not None and not cycle.response_complete
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self._edge.head_timeout_s, self._head_timeout)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._done and self._phase == _HEAD and self._head_timer is None:
+            self._arm_head_timer()  # a pipelined head already began: its deadline runs now
 
     # parser callbacks
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._phase, self._began, self._head_bytes = _HEAD, True, 0
+        self._phase, self._began, self._head_bytes, self._framing = _HEAD, True, 0, 0
 
     def on_headers_complete(self) -> None:
         self._phase = _BODY
@@ -245,6 +266,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def on_body(self, body: bytes) -> None:
         self._body_clock = self.loop.time()
+        self._got_body, self._framing = True, 0
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -300,6 +322,12 @@ class EdgeProtocol(HttpToolsProtocol):
             self._body_timer = self.loop.call_later(
                 self._edge.body_timeout_s - idle, self._body_tick
             )
+            return
+        if cycle is not None and cycle.response_complete:
+            # the app answered without reading the body (a 401, a 413): a 408 now would be an
+            # answer nobody asked for, which the client could take for its next request's
+            self._done = True
+            self.transport.close()
             return
         self._edge.log.warning("body_timeout", "closed a connection: the request body stalled")
         self._answer(self._edge.answers["body_timeout"])

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 import uvloop
 import yaml
 from uvicorn.protocols.http import httptools_impl
@@ -459,3 +460,78 @@ def test_at_the_open_file_limit_new_connections_get_503_and_the_proxy_recovers(
     assert "open-file limit: 1024 (was 1024, hard limit 1024)" in text
     assert "connection cap lowered to 480" in text
     assert log.stat().st_size < 100_000
+
+
+async def test_an_endless_trailer_section_is_refused_before_it_grows() -> None:
+    """llhttp keeps an unfinished trailer value in memory: bytes that bring no body are
+    bounded like a head (431), whatever the body deadline."""
+    config = edge_config(max_header_bytes=4096, body_timeout_s=60)
+    async with serve_proxy(config, reconciled=False) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n2\r\n{}\r\n0\r\nx-t: "
+        )
+        with contextlib.suppress(ConnectionError):  # 1 MiB of one trailer value, never ended
+            for _ in range(16):
+                writer.write(b"v" * 65536)
+                await writer.drain()
+        async with asyncio.timeout(10):  # (without the bound: no answer until body_timeout_s)
+            raw = await reader.read()
+        await closed(writer)
+    openai_error(raw, 431, "headers_too_large")
+
+
+async def test_no_408_follows_an_answer_given_before_the_body_came() -> None:
+    """The key check answers 401 without reading the body; the client then stalls: the
+    connection is closed, with no second, unasked-for response on it."""
+    url = f"http://127.0.0.1:{free_port()}"
+    config = ProxyConfig.model_validate(
+        {
+            "models": [{"name": "m", "url": url}],
+            "limits": {"body_timeout_s": 0.5},
+            "auth": {"api_keys": ["k" * 8]},
+        }
+    )
+    async with serve_proxy(config, reconciled=False) as proxy:
+        raw = await until_closed(
+            port_of(proxy.url),
+            b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"mo',
+        )
+    status, headers, body = parse(raw)
+    assert status == 401
+    assert len(body) == int(headers["content-length"]), "one response, then EOF: no 408 after it"
+
+
+async def test_a_pipelined_head_does_not_cut_the_response_before_it() -> None:
+    """The next request's first bytes arrive while a slow response streams: its head deadline
+    runs only once that response is out."""
+    release = asyncio.Event()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await release.wait()
+        await send({"type": "http.response.body", "body": b" done"})
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    settings = uvicorn_config(slow, edge_config(head_timeout_s=0.5), "warning", grace_s=1)  # type: ignore[arg-type]
+    settings.lifespan = "off"
+    server = uvicorn.Server(settings)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")  # a pipelined head begins
+        async with asyncio.timeout(5):
+            got = await reader.readuntil(b"first")
+            await asyncio.sleep(1.0)  # (not a sync): twice the head deadline passes meanwhile
+            release.set()
+            got += await reader.read()  # the 408 for the unfinished head, after " done"
+        await closed(writer)
+    finally:
+        server.should_exit = True
+        await task
+    assert b" done" in got, got
+    assert got.index(b" done") < got.index(b"HTTP/1.1 408")
