@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import httpx
 from starlette.responses import Response
 
+from proxy.errors import upstream_failure
 from proxy.forwarding import response_headers
 
 MAX_ERROR_BYTES = 1 << 20
@@ -37,6 +38,8 @@ async def error_response(
             body += chunk
             if len(body) > MAX_ERROR_BYTES:
                 break
+    except httpx.HTTPError as exc:  # the error answer itself broke (cut, malformed, stalled)
+        raise upstream_failure(f"backend {backend!r} broke its error answer", exc) from exc
     finally:
         await upstream.aclose()
     status = upstream.status_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -130,6 +131,14 @@ class UpstreamTimeoutError(ProxyError):
     status_code = 504
     error_type = "server_error"
     code = "upstream_timeout"
+
+
+def upstream_failure(what: str, exc: Exception) -> ProxyError:
+    """A backend's transport failure as the client's error: a timeout is 504, anything else
+    (refused, reset, a malformed response) 502. `what` says what failed, naming the model."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeoutError(f"{what}: timed out ({type(exc).__name__})")
+    return UpstreamUnreachableError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 class ClientGoneError(Exception):

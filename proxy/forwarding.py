@@ -30,11 +30,11 @@ from proxy.errors import (
     ClientGoneError,
     InvalidRequestError,
     PayloadTooLargeError,
-    ProxyError,
-    UpstreamTimeoutError,
     UpstreamUnreachableError,
     sse_error,
+    upstream_failure,
 )
+from proxy.http1 import is_field_value, is_token
 
 # The client's headers a backend may see (ASGI servers give names in lower case). Whatever is
 # not listed stays here: credentials of every kind (Authorization, Proxy-Authorization,
@@ -74,8 +74,6 @@ _TIMING = frozenset(
     b"x-vllm-switch-" + k for k in (b"model", b"queue-ms", b"sleep-ms", b"wake-ms", b"warmup-ms")
 )
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"date", b"server"}  # uvicorn sends its own
-_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_FIELD_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"  # no CTL but HTAB
 _EDGE_SPACE = frozenset(b" \t")
 log = logging.getLogger(__name__)
 RawHeaders = list[tuple[bytes, bytes]]
@@ -193,7 +191,9 @@ def response_headers(
     headers: RawHeaders = []
     nominated: set[bytes] = set()
     lengths: list[bytes] = []
-    framed_by_length = status >= 200 and status not in (204, 304)
+    sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+    # a stream is never sent with a length: an error event may have to follow what came
+    framed_by_length = status >= 200 and status not in (204, 304) and not sse
     for name, value in upstream.headers.raw:
         key = name.lower()
         if key in _RESPONSE_DROP:
@@ -206,7 +206,7 @@ def response_headers(
             continue
         if key in ours:
             continue
-        if not key or key.translate(None, _TCHAR) or value.translate(None, _FIELD_BYTES):
+        if not is_token(key) or not is_field_value(value):
             log.warning("backend %s sent an invalid header %r: %r", backend, name, value[:200])
             raise UpstreamUnreachableError(
                 f"backend {backend!r} sent an invalid response header {name[:64]!r}"
@@ -219,7 +219,7 @@ def response_headers(
         framed_by_length = framed_by_length and b"content-length" not in nominated
     if framed_by_length and len(set(lengths)) == 1 and lengths[0].isdigit():
         headers.append((b"content-length", lengths[0]))
-    if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+    if sse:
         headers.append((b"x-accel-buffering", b"no"))  # tell nginx & co. not to buffer the stream
     headers += ours.items()
     return headers
@@ -349,12 +349,7 @@ class UpstreamResponse(Response):
 
     async def _send_failure(self, send: Send, exc: httpx.HTTPError) -> None:
         """The backend broke a body before anything of it went out: an OpenAI error instead."""
-        broke = f"backend {self._backend!r} broke its response body: {type(exc).__name__}: {exc}"
-        error: ProxyError = (
-            UpstreamTimeoutError(broke)
-            if isinstance(exc, httpx.TimeoutException)
-            else UpstreamUnreachableError(broke)
-        )
+        error = upstream_failure(f"backend {self._backend!r} broke its response body", exc)
         self._ended = (error.status_code, "upstream_failed")
         failed = error.response()
         ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]

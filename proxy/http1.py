@@ -29,18 +29,28 @@ import httpx
 
 MAX_HEAD_BYTES = 64 * 1024
 RawHeaders = list[tuple[bytes, bytes]]
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_FIELD_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*")  # any byte but CTLs (HTAB allowed)
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_FIELD_BYTES = bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100)) + b"\t"  # no CTL but HTAB
 _TARGET = re.compile(rb"/[!-~]*")
+
+
+def is_token(name: bytes) -> bool:
+    """A header name or method (RFC 9110 5.6.2)."""
+    return bool(name) and not name.translate(None, _TCHAR)
+
+
+def is_field_value(value: bytes) -> bool:
+    """Bytes fit for a header value or reason phrase: no control byte but HTAB (RFC 9110 5.5)."""
+    return not value.translate(None, _FIELD_BYTES)
 
 
 def request_head(method: bytes, target: bytes, headers: RawHeaders) -> bytes:
     """The request line and headers; refuses anything that could split or smuggle a message."""
-    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+    if not is_token(method) or not _TARGET.fullmatch(target):
         raise httpx.LocalProtocolError(f"invalid request line {method[:20]!r} {target[:80]!r}")
     lines = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in headers:
-        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not is_token(name) or not is_field_value(value):
             raise httpx.LocalProtocolError(f"invalid header {name[:80]!r}")
         lines += (name, b": ", value, b"\r\n")
     lines.append(b"\r\n")
@@ -74,6 +84,8 @@ class ResponseParser:
         self._error: httpx.RemoteProtocolError | None = None  # raised in a callback
         self._body: list[bytes] = []
         self.buffered = 0  # body bytes parsed and not yet taken
+        self._body_total = 0  # body bytes parsed in all
+        self._framing = 0  # bytes fed since the last body byte, once the head is done
         self.head: Head | None = None
         self.complete = False
         self.trailing = False
@@ -88,6 +100,7 @@ class ResponseParser:
                     "malformed response from the backend: no status line"
                 )
             self._head_bytes += len(data)
+        body_before = self._body_total
         try:
             self._llhttp.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -99,6 +112,16 @@ class ResponseParser:
             ) from None
         if self.head is None and self._head_bytes > self._max_head:
             raise httpx.RemoteProtocolError(f"response head larger than {self._max_head} bytes")
+        if self.head is not None and not self.complete:
+            # bytes that bring no body (chunk lines, extensions, an endless trailer value that
+            # llhttp keeps in memory) are bounded like a head
+            got_body = self._body_total != body_before
+            self._framing = 0 if got_body else self._framing + len(data)
+            if self._framing > self._max_head:
+                raise httpx.RemoteProtocolError(
+                    f"malformed response from the backend: over {self._max_head} bytes of "
+                    "chunk framing or trailers without body"
+                )
 
     def feed_eof(self) -> None:
         """The backend closed the connection: the end of a body delimited by close, or an error."""
@@ -125,10 +148,11 @@ class ResponseParser:
     def on_message_begin(self) -> None:
         if self.complete:
             raise _TrailingError
+        self._head_size += 15  # "HTTP/1.1 200 " and CRLF
 
     def on_status(self, data: bytes) -> None:
-        self._reason += data
-        self._head_size += len(data) + 15  # "HTTP/1.1 200 " and CRLF
+        self._reason += data  # (in pieces, when the line came in pieces)
+        self._head_size += len(data)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4  # ": " and CRLF
@@ -161,6 +185,7 @@ class ResponseParser:
     def on_body(self, data: bytes) -> None:
         self._body.append(data)
         self.buffered += len(data)
+        self._body_total += len(data)
 
     def on_message_complete(self) -> None:
         if self.head is not None:
@@ -168,7 +193,7 @@ class ResponseParser:
 
     def _check_head(self, status: int) -> tuple[int | None, bool]:
         """Framing of the head just parsed; refuses what llhttp lets through (module docstring)."""
-        if not _FIELD_VALUE.fullmatch(self._reason):
+        if not is_field_value(bytes(self._reason)):
             self._fail(f"control bytes in the reason phrase {bytes(self._reason[:40])!r}")
         version = self._llhttp.get_http_version()
         if version not in ("1.1", "1.0"):

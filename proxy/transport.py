@@ -42,7 +42,7 @@ import httpx
 from proxy.http1 import Head, ResponseParser, request_head
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the caller before reading pauses
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+IDEMPOTENT = frozenset({"GET", "OPTIONS"})  # (never HEAD: its answer has no body to parse)
 Origin = tuple[str, int]
 
 
@@ -58,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._dead = False
         self._fd = -1
+        self._poll: select.poll | None = None
         self.received = False  # a byte of the current exchange's response came
 
     # event-loop callbacks
@@ -127,9 +128,10 @@ class _Connection(asyncio.Protocol):
         that came a moment ago would otherwise meet our request)."""
         if not self.alive():
             return False
-        poll = select.poll()
-        poll.register(self._fd, select.POLLIN)
-        return not poll.poll(0)
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+        return not self._poll.poll(0)
 
     def close(self) -> None:
         """Close now, without waiting (unread bytes make the kernel reset the connection)."""
@@ -191,7 +193,11 @@ class _Connection(asyncio.Protocol):
         return p is not None and p.complete and not p.trailing and p.head is not None
 
     def end_exchange(self) -> None:
+        """The response was read to its end: idle now, reading on (so a stray byte is seen)."""
         self._parser = None
+        if self._paused and self._transport is not None:
+            self._paused = False  # (a caller that left its last bytes untaken)
+            self._transport.resume_reading()
 
     # internals
 
@@ -277,6 +283,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         while True:
             conn = reused or await self._connect(origin, timeouts.get("connect"), request)
             try:
+                if reused is None and not conn.quiet():  # it spoke before being asked
+                    raise httpx.RemoteProtocolError("backend sent bytes before the request")
                 await conn.send(data, timeouts.get("write"))
                 head = await conn.head(timeouts.get("read"))
                 break

@@ -23,8 +23,7 @@ from proxy.errors import (
     BackendUnavailableError,
     ClientGoneError,
     ProxyError,
-    UpstreamTimeoutError,
-    UpstreamUnreachableError,
+    upstream_failure,
 )
 from proxy.forwarding import (
     UpstreamResponse,
@@ -72,14 +71,8 @@ async def _send(
             extensions={"timeout": services.timeouts[model.name]},  # the model's own
         )
         return await services.transport.handle_async_request(upstream)
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeoutError(
-            f"backend of {model.name!r} timed out: {type(exc).__name__}"
-        ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamUnreachableError(
-            f"backend of {model.name!r} is unreachable: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise upstream_failure(f"backend of {model.name!r} did not answer", exc) from exc
 
 
 async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes, bool]:

@@ -373,3 +373,53 @@ async def test_expired_connections_of_an_idle_backend_do_not_hold_the_shared_bud
         await c.get(b)  # handing b's connection back sweeps a's
         async with asyncio.timeout(10):
             await closed_by_client.wait()
+
+
+async def until(condition: Callable[[], bool], deadline_s: float = 5) -> None:
+    async with asyncio.timeout(deadline_s):
+        while not condition():
+            await asyncio.sleep(0.001)  # (polls a condition that the event loop's reads set)
+
+
+async def test_a_big_answer_left_unread_leaves_a_connection_that_reads_again() -> None:
+    """Reading pauses while more than 256 KiB wait for the caller; a caller that leaves such
+    an answer complete but untaken must not pool a connection that never reads again."""
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (300 * 1024) + b"x" * (300 * 1024)
+    connections = 0
+
+    async def two(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        for answer in (big, OK):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
+
+    async with server(two) as url, client(timeout=2) as c:
+        r = await c.send(c.build_request("GET", url), stream=True)
+        conn = r.stream._stream._conn  # type: ignore[union-attr]  # (httpx wraps our _Body)
+        await until(lambda: conn.finished)  # all of it arrived, none of it taken
+        await r.aclose()
+        second = await c.get(url)
+    assert second.text == "ok"
+    assert connections == 1, "the connection went back to the pool, and read the next answer"
+
+
+async def test_an_endless_trailer_is_refused_in_bounded_memory() -> None:
+    """llhttp keeps an unfinished trailer value in memory: bytes that bring no body are bounded
+    like a head (here 64 KiB), even while they keep coming (so no read timeout ends it)."""
+
+    async def trailer_flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx-t: ")
+        try:
+            for _ in range(64):  # 4 MiB of one trailer value at most
+                writer.write(b"v" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            return  # refused: the client closed
+
+    async with server(trailer_flood) as url, client() as c, c.stream("GET", url) as r:
+        with pytest.raises(httpx.RemoteProtocolError, match="trailers without body"):
+            await r.aread()

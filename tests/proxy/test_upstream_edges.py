@@ -244,6 +244,63 @@ async def test_an_answer_whose_body_breaks_is_a_clean_error_not_a_cut_connection
         assert marker(await ask(client, 1)) == 1
 
 
+ERROR_HEAD = b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    ("plan", "status", "code"),
+    [
+        pytest.param(
+            [send(ERROR_HEAD + b'content-length: 100\r\n\r\n{"a"'), close()],
+            502,
+            "upstream_unreachable",
+            id="cut short",
+        ),
+        pytest.param(
+            [send(ERROR_HEAD + b"transfer-encoding: chunked\r\n\r\nzz\r\n")],
+            502,
+            "upstream_unreachable",
+            id="bad chunk",
+        ),
+        pytest.param(
+            [send(ERROR_HEAD + b'content-length: 100\r\n\r\n{"a"'), hang()],
+            504,
+            "upstream_timeout",
+            id="stalls past read_s",
+        ),
+    ],
+)
+async def test_an_error_answer_whose_body_breaks_is_a_clean_error(
+    backend: Misbehaving, plan: list[Any], status: int, code: str
+) -> None:
+    """The backend's own error answer is read whole to be passed on; when that body breaks,
+    the client gets the proxy's 502/504, not a 500."""
+    backend.plans.append(plan)
+    async with proxied(backend.url, {"name": "m", "timeouts": {"read_s": 0.5}}) as client:
+        assert_proxy_error(await ask(client, 0), status, code)
+        assert marker(await ask(client, 1)) == 1
+
+
+async def test_a_stream_sent_with_a_content_length_still_gets_its_error_event(
+    backend: Misbehaving,
+) -> None:
+    """A stream is never forwarded with the backend's Content-Length: the error event that
+    ends a broken stream must fit after what came."""
+    event = b'data: {"x":1}\n\n'
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 100\r\n\r\n"
+    backend.plans.append([send(head + event), close()])
+    async with (
+        proxied(backend.url) as client,
+        client.stream("POST", CHAT, json={"model": "m", "stream": True}) as r,
+    ):
+        assert "content-length" not in r.headers
+        got = b"".join([piece async for piece in r.aiter_raw()])
+    *events, error, done = sse_data(got)
+    assert events == [b'{"x":1}']
+    assert json.loads(error)["error"]["code"] == "upstream_unreachable"
+    assert done == b"[DONE]"
+
+
 async def test_a_large_answer_whose_body_breaks_cuts_the_client_connection(
     backend: Misbehaving,
 ) -> None:
