@@ -323,6 +323,9 @@ class UpstreamResponse(Response):
                 await send({"type": "http.response.body", "body": last, "more_body": True})
         except httpx.HTTPError as exc:
             self._ended = (502, "upstream_failed")
+            log.warning(
+                "backend %s failed mid-body: %s: %s", self._backend, type(exc).__name__, exc
+            )
             if not self._sse:
                 raise  # abort the connection: a truncated body must not look complete
             # headers are gone: end the stream with an error event, as vLLM does
@@ -350,6 +353,7 @@ class UpstreamResponse(Response):
     async def _send_failure(self, send: Send, exc: httpx.HTTPError) -> None:
         """The backend broke a body before anything of it went out: an OpenAI error instead."""
         error = upstream_failure(f"backend {self._backend!r} broke its response body", exc)
+        log.warning("%s", error.message)
         self._ended = (error.status_code, "upstream_failed")
         failed = error.response()
         ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]

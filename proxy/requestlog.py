@@ -71,6 +71,8 @@ class RequestRecord:
         """A ProxyError answered this request; refusals (not backend failures) are counted."""
         if exc.code not in ("upstream_unreachable", "upstream_timeout"):
             self.metrics.rejected.labels(self.model, reject_reason(exc)).inc()
+        else:  # the backend's fault: say exactly what it did (a malformed response, a timeout)
+            log.warning("request %s: %s", self.request_id, exc.message)
         self.finish(exc.status_code, error=exc.code)
 
     def finish(self, status: int, *, error: str | None = None) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.processes import required_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,56 @@ def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
         if r["target"] == "vllm-switch":
             assert r["cpu_ms_per_request"] > 0
             assert ("added_ttft_p50_ms" if r["stream"] else "added_total_p50_ms") in r
+
+
+def test_parser_benchmark_smoke(tmp_path: Path) -> None:
+    """Every candidate parser reads the same body (the script checks it) and gets a number."""
+    out = tmp_path / "parsers.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "parsers.py"),
+            "--rounds",
+            "1",
+            "--n",
+            "20",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"json (1 read)", "sse 17 events (19 reads)"}
+    for per_parser in results.values():
+        assert {"vllm-switch (llhttp + checks)", "h11"} <= set(per_parser)
+        assert all(us > 0 for us in per_parser.values())
+
+
+def test_wrk_benchmark_smoke(tmp_path: Path) -> None:
+    required_tool("wrk", "Debian's wrk package; .ci/run installs it")
+    out = tmp_path / "wrk.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "wrk_overhead.py"),
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--concurrency",
+            "1,4",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=110,
+    )
+    rows = json.loads(out.read_text())["results"]
+    assert [r["concurrency"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["direct"]["errors"] == r["vllm-switch"]["errors"] == 0
+        assert r["vllm-switch"]["rounds"][0]["requests"] > 0
+        assert r["vllm-switch"]["cpu_ms_per_request"] > 0

@@ -130,11 +130,15 @@ MALFORMED = {
     + [pytest.param([send(b"HTTP/1.1 200 OK\r\ncontent-le"), close()], id="truncated head")],
 )
 async def test_a_malformed_response_is_a_502_and_the_proxy_stays_healthy(
-    backend: Misbehaving, plan: list[Any]
+    backend: Misbehaving, plan: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     backend.plans.append(plan)
     async with proxied(backend.url, {"name": "m", "timeouts": {"read_s": 5}}) as client:
-        assert_proxy_error(await ask(client, 0), 502, "upstream_unreachable")
+        r = await ask(client, 0)
+        assert_proxy_error(r, 502, "upstream_unreachable")
+        logged = [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+        reason = r.json()["error"]["message"].split(": ", 1)[1]  # after "backend of 'm' ..."
+        assert any(reason in line for line in logged), (reason, logged)
         bad = backend.connection_of(backend.requests[0])
         await backend.until(bad.closed.is_set, 5)  # not pooled, not leaked
         assert marker(await ask(client, 1)) == 1
