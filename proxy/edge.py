@@ -380,6 +380,10 @@ class EdgeConfig(uvicorn.Config):
             http=EdgeProtocol,
             ws="none",  # no WebSocket routes: an Upgrade is answered as plain HTTP
             timeout_keep_alive=limits.keepalive_s,
+            # no X-Forwarded-For/-Proto rewriting of the client's address (uvicorn trusts them
+            # from 127.0.0.1 by default): nothing here reads it, and a local process must not
+            # be able to claim another address
+            proxy_headers=False,
             **kwargs,
         )
 

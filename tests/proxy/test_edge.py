@@ -221,6 +221,7 @@ def test_what_the_edge_relies_on_in_uvicorn_is_still_there() -> None:
     config = uvicorn_config(create_app(edge_config()), edge_config(), "warning", grace_s=1)
     config.load()
     assert config.http_protocol_class is EdgeProtocol
+    assert not config.proxy_headers, "no X-Forwarded-For rewriting of the client's address"
     new_loop = config.get_loop_factory()
     assert new_loop is not None
     loop = new_loop()
