@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -46,7 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import cpu_seconds, profiled, server, version, wait_ready  # noqa: E402
+from bench.processes import cpu_seconds, machine, profiled, server, version, wait_ready  # noqa: E402
 from proxy.emulator.launcher import EmulatorProcess, spawn_emulator  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
@@ -319,13 +318,7 @@ def report(
     return {
         "benchmark": "overhead",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "proxy_pinned_to_cpus": sorted(proxy_cpus) if proxy_cpus else None,
-        },
+        "machine": machine(proxy_cpus),
         "versions": {
             "vllm-switch": version([sys.executable, "-m", "proxy", "--version"]),
             "litellm": version([args.litellm, "--version"]) if args.litellm else None,

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,7 @@ import httptools
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import machine  # noqa: E402
 from proxy.http1 import ResponseParser  # noqa: E402
 
 Pieces = list[bytes]
@@ -143,13 +142,6 @@ def aiohttp_parser() -> Callable[[Pieces], int] | None:
     return parse
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def per_response_us(parse: Callable[[Pieces], int], pieces: Pieces, n: int) -> float:
     start = time.process_time_ns()
     for _ in range(n):
@@ -184,7 +176,7 @@ def main() -> int:
         results[case] = {name: round(statistics.median(v), 2) for name, v in runs.items()}
     report = {
         "what": "CPU microseconds per response (median of rounds)",
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": sys.version},
+        "machine": machine(),
         "rounds": args.rounds,
         "responses_per_round": args.n,
         "results": results,

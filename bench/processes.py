@@ -1,10 +1,11 @@
 """Processes a benchmark starts: each in its own process group, stopped by its PID (never by
-name); their CPU time; py-spy attached to one of them."""
+name); their CPU time; py-spy attached to one of them; the machine they ran on."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import signal
 import subprocess
 import time
@@ -115,3 +116,22 @@ def version(argv: list[str]) -> str:
         if (out.stdout or out.stderr)
         else "unknown"
     )
+
+
+def machine(proxy_cpus: set[int] | None = None) -> dict[str, object]:
+    """What a result file records about where it was measured."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "proxy_pinned_to_cpus": sorted(proxy_cpus) if proxy_cpus else None,
+    }

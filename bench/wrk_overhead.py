@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import KEY, body, emulator, switch_argv  # noqa: E402
-from bench.processes import cpu_seconds, server, version, wait_ready  # noqa: E402
+from bench.processes import cpu_seconds, machine, server, version, wait_ready  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 SCRIPT = """
@@ -121,12 +120,7 @@ def main() -> int:
     report = {
         "benchmark": "wrk-overhead",
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "proxy_pinned_to_cpus": sorted(proxy_cpus) if proxy_cpus else None,
-        },
+        "machine": machine(proxy_cpus),
         "versions": {
             "vllm-switch": version([sys.executable, "-m", "proxy", "--version"]),
             "wrk": version(["wrk", "--version"]),

@@ -1,4 +1,4 @@
-"""The overhead benchmark keeps working: its smoke mode runs end to end (no timing asserted)."""
+"""The benchmarks keep working: each runs end to end in a tiny mode (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.processes import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def bench(script: str, out: Path, *args: str, timeout_s: float = 110) -> Any:
+    """Run bench/`script` with `args`; its JSON report's results."""
+    argv = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, timeout=timeout_s)
+    return json.loads(out.read_text())["results"]
+
+
 def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "overhead.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "overhead.py"), "--smoke", "--out", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=110,
-    )
-    rows = json.loads(out.read_text())["results"]
+    rows = bench("overhead.py", tmp_path / "overhead.json", "--smoke")
     seen = {(r["target"], r["concurrency"], r["stream"]) for r in rows}
     assert seen == {
         (t, c, s) for t in ("direct", "vllm-switch") for c in (1, 4) for s in (False, True)
@@ -37,23 +38,7 @@ def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_parser_benchmark_smoke(tmp_path: Path) -> None:
     """Every candidate parser reads the same body (the script checks it) and gets a number."""
-    out = tmp_path / "parsers.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "parsers.py"),
-            "--rounds",
-            "1",
-            "--n",
-            "20",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    results = json.loads(out.read_text())["results"]
+    results = bench("parsers.py", tmp_path / "parsers.json", "--rounds", "1", "--n", "20")
     assert set(results) == {"json (1 read)", "sse 17 events (19 reads)"}
     for per_parser in results.values():
         assert {"vllm-switch (llhttp + checks)", "h11"} <= set(per_parser)
@@ -62,25 +47,8 @@ def test_parser_benchmark_smoke(tmp_path: Path) -> None:
 
 def test_wrk_benchmark_smoke(tmp_path: Path) -> None:
     required_tool("wrk", "Debian's wrk package; .ci/run installs it")
-    out = tmp_path / "wrk.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "wrk_overhead.py"),
-            "--rounds",
-            "1",
-            "--duration",
-            "1",
-            "--concurrency",
-            "1,4",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=110,
-    )
-    rows = json.loads(out.read_text())["results"]
+    args = ("--rounds", "1", "--duration", "1", "--concurrency", "1,4")
+    rows = bench("wrk_overhead.py", tmp_path / "wrk.json", *args)
     assert [r["concurrency"] for r in rows] == [1, 4]
     for r in rows:
         assert r["direct"]["errors"] == r["vllm-switch"]["errors"] == 0

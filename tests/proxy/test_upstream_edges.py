@@ -14,7 +14,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +24,7 @@ import pytest
 from proxy.config import ProxyConfig
 from tests.misbehaving import (
     Misbehaving,
+    Plan,
     close,
     echo,
     flood,
@@ -210,78 +211,34 @@ async def test_a_stream_that_goes_bad_ends_with_an_sse_error_and_done(
 
 
 JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+ERROR_HEAD = b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+PARTIAL = b'content-length: 40\r\n\r\n{"partial":'
+BREAKS: dict[str, tuple[Callable[[bytes], Plan], int, str]] = {  # break -> what the client gets
+    "cut short": (lambda head: [send(head + PARTIAL), close()], 502, "upstream_unreachable"),
+    "bad chunk after a good one": (
+        lambda head: [send(head + b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")],
+        502,
+        "upstream_unreachable",
+    ),
+    "stalls past read_s": (lambda head: [send(head + PARTIAL), hang()], 504, "upstream_timeout"),
+}
 
 
-@pytest.mark.parametrize(
-    ("plan", "status", "code"),
-    [
-        pytest.param(
-            [send(JSON_HEAD + b'content-length: 40\r\n\r\n{"partial":'), close()],
-            502,
-            "upstream_unreachable",
-            id="cut short",
-        ),
-        pytest.param(
-            [send(JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\nzz\r\n")],
-            502,
-            "upstream_unreachable",
-            id="bad chunk after a good one",
-        ),
-        pytest.param(
-            [send(JSON_HEAD + b'content-length: 40\r\n\r\n{"partial":'), hang()],
-            504,
-            "upstream_timeout",
-            id="stalls past read_s",
-        ),
-    ],
-)
-async def test_an_answer_whose_body_breaks_is_a_clean_error_not_a_cut_connection(
-    backend: Misbehaving, plan: list[Any], status: int, code: str
+@pytest.mark.parametrize("head", [JSON_HEAD, ERROR_HEAD], ids=["an answer", "an error answer"])
+@pytest.mark.parametrize("broken", list(BREAKS))
+async def test_a_body_that_breaks_is_a_clean_error_not_a_cut_connection(
+    backend: Misbehaving, head: bytes, broken: str
 ) -> None:
-    """A non-streamed answer is held until complete, so a body the backend breaks after a
-    good head still gets the client a whole OpenAI error (not a reset mid-body)."""
-    backend.plans.append(plan)
+    """A non-streamed answer is held until complete (and a backend's error answer is read
+    whole to be passed on), so a body the backend breaks after a good head still gets the
+    client a whole OpenAI error: not a reset mid-body, not a 500."""
+    plan, status, code = BREAKS[broken]
+    backend.plans.append(plan(head))
     async with proxied(backend.url, {"name": "m", "timeouts": {"read_s": 0.5}}) as client:
         r = await ask(client, 0)
         assert_proxy_error(r, status, code)
-        assert r.headers["x-vllm-switch-model"] == "m"
-        assert marker(await ask(client, 1)) == 1
-
-
-ERROR_HEAD = b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-
-
-@pytest.mark.parametrize(
-    ("plan", "status", "code"),
-    [
-        pytest.param(
-            [send(ERROR_HEAD + b'content-length: 100\r\n\r\n{"a"'), close()],
-            502,
-            "upstream_unreachable",
-            id="cut short",
-        ),
-        pytest.param(
-            [send(ERROR_HEAD + b"transfer-encoding: chunked\r\n\r\nzz\r\n")],
-            502,
-            "upstream_unreachable",
-            id="bad chunk",
-        ),
-        pytest.param(
-            [send(ERROR_HEAD + b'content-length: 100\r\n\r\n{"a"'), hang()],
-            504,
-            "upstream_timeout",
-            id="stalls past read_s",
-        ),
-    ],
-)
-async def test_an_error_answer_whose_body_breaks_is_a_clean_error(
-    backend: Misbehaving, plan: list[Any], status: int, code: str
-) -> None:
-    """The backend's own error answer is read whole to be passed on; when that body breaks,
-    the client gets the proxy's 502/504, not a 500."""
-    backend.plans.append(plan)
-    async with proxied(backend.url, {"name": "m", "timeouts": {"read_s": 0.5}}) as client:
-        assert_proxy_error(await ask(client, 0), status, code)
+        if head is JSON_HEAD:  # (the proxy's headers came with the answer's head)
+            assert r.headers["x-vllm-switch-model"] == "m"
         assert marker(await ask(client, 1)) == 1
 
 
