@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 
 from proxy.app import create_app
 from proxy.cli import uvicorn_config
@@ -30,6 +31,18 @@ from proxy.services import Services
 from tests.processes import emulator_stats, free_port
 
 GPU = "g0"
+# the upstream client's tests run on both event loops: `vllm-switch serve` runs uvloop, whose
+# transports differ from asyncio's (connection_made timing, pause/resume, socket objects)
+BOTH_LOOPS = {"tests.proxy.test_transport", "tests.proxy.test_upstream_edges"}
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    module = getattr(item, "module", None)
+    if module is not None and module.__name__ in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return None
 
 
 def emu_args(name: str, ledger: Path, *extra: str, util: float = 0.55) -> list[str]:
