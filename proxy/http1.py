@@ -178,7 +178,9 @@ class ResponseParser:
             self._headers,
             chunked,
             length,
-            keep_alive=self._llhttp.should_keep_alive(),
+            # (HTTP/1.0's keep-alive is not trusted: vLLM speaks 1.1, and h11 closes those too)
+            keep_alive=self._llhttp.should_keep_alive()
+            and self._llhttp.get_http_version() == "1.1",
         )
         self._headers = []
 

@@ -44,6 +44,7 @@ class Accepted:
     headers: Headers
     body: bytes
     trailing: bool | None  # bytes came after the response (None: only CR/LF, either is right)
+    reusable: bool  # the connection may carry the next request (keep-alive, framed, no close)
 
     def agrees(self, other: Accepted) -> bool:
         lenient = None in (self.trailing, other.trailing)
@@ -73,7 +74,8 @@ def ours(pieces: Sequence[bytes]) -> Outcome:
     assert head is not None
     assert parser.complete
     headers = [(n, v.lower() if n.lower() == b"transfer-encoding" else v) for n, v in head.headers]
-    return Accepted(head.status, head.reason, headers, bytes(body), parser.trailing)
+    reusable = head.keep_alive and not parser.trailing
+    return Accepted(head.status, head.reason, headers, bytes(body), parser.trailing, reusable)
 
 
 def reference(pieces: Sequence[bytes]) -> Outcome:
@@ -83,7 +85,7 @@ def reference(pieces: Sequence[bytes]) -> Outcome:
     conn.send(h11.EndOfMessage())
     final: h11.Response | None = None
     body = bytearray()
-    ended, left, fed = False, b"", 0
+    ended, left, fed, reusable = False, b"", 0, False
     try:
         for piece in [*pieces, b""]:
             conn.receive_data(piece)
@@ -95,6 +97,8 @@ def reference(pieces: Sequence[bytes]) -> Outcome:
                     body += event.data
                 elif isinstance(event, h11.EndOfMessage):
                     ended = True
+                    # (not MUST_CLOSE, and not ended by the EOF: a body delimited by close)
+                    reusable = conn.their_state is h11.DONE and piece != b""
                 elif isinstance(event, h11.ConnectionClosed):
                     break
     except h11.RemoteProtocolError as exc:
@@ -107,7 +111,8 @@ def reference(pieces: Sequence[bytes]) -> Outcome:
     left = bytes(conn.trailing_data[0]) + left
     # llhttp skips CR/LF between messages (when they come in the same read), h11 keeps them
     trailing = None if left and not left.strip(b"\r\n") else bool(left)
-    return Accepted(final.status_code, final.reason, headers, bytes(body), trailing)
+    reusable = reusable and not trailing
+    return Accepted(final.status_code, final.reason, headers, bytes(body), trailing, reusable)
 
 
 # --- where we are deliberately stricter than h11: predicates on the raw bytes -------------
@@ -332,6 +337,8 @@ def in_one_piece(data: bytes) -> tuple[bytes, list[bytes]]:
 CL0 = b"content-length: 0\r\n\r\n"
 # disagreements the fuzzer found (minimal inputs); each is a bug in ours until fixed
 FOUND = [
+    # HTTP/1.0 with keep-alive: llhttp would reuse the connection, h11 closes it (so do we)
+    b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok",
     b"HTTP/1.1 200 OK\x00\r\n" + CL0,  # NUL in the reason phrase accepted (h11 refuses)
     b"\r\nHTTP/1.1 200 OK\r\n" + CL0,  # CR LF before the status line accepted
     b"\rHTTP/1.1 200 OK\r\n" + CL0,  # a bare CR before the status line accepted
