@@ -36,10 +36,16 @@ def uvicorn_config(
 
     `vllm-switch serve`, the demo and the tests all serve the app with these."""
     from proxy.edge import EdgeConfig
+    from proxy.metrics import UNKNOWN_MODEL
 
+    services = getattr(app.state, "services", None)
+    rejected = services.metrics.rejected if services is not None else None
     return EdgeConfig(
         app,
         config.limits,
+        count=None
+        if rejected is None
+        else lambda reason: rejected.labels(UNKNOWN_MODEL, reason).inc(),
         lifespan="on",
         log_level=log_level,
         access_log=False,  # the proxy logs one richer line per request itself (requestlog.py)

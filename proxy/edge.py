@@ -95,6 +95,13 @@ class Edge:
     max_connections: int
     answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
+    count: Callable[[str], None] = lambda _reason: None  # the proxy's rejected counter
+
+    def refuse(self, kind: str, message: str, *args: object) -> None:
+        """A refusal of the server's own: logged at most once per interval, always counted
+        (as `vllm_switch_rejected_total{reason=REASONS[kind]}`)."""
+        self.log.warning(kind, message, *args)
+        self.count(REASONS[kind])
 
     @classmethod
     def from_limits(cls, limits: LimitsConfig) -> Edge:
@@ -154,6 +161,15 @@ class _Flow(FlowControl):
 
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
+# the server's refusals, as reasons of vllm_switch_rejected_total (docs/observability.md)
+REASONS = {
+    "over_cap": "too_many_connections",
+    "too_large": "too_large",
+    "invalid": "bad_input",
+    "upgrade_body": "bad_input",
+    "head_timeout": "request_timeout",
+    "body_timeout": "request_timeout",
+}
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -184,7 +200,7 @@ class EdgeProtocol(HttpToolsProtocol):
         cap = self._edge.max_connections
         if len(self.connections) >= cap:
             self.transport = transport
-            self._edge.log.warning("over_cap", "refused a connection: %d are open (the cap)", cap)
+            self._edge.refuse("over_cap", "refused a connection: %d are open (the cap)", cap)
             self.connections.add(self)  # counted while it lingers, and closed at shutdown
             # linger (so that the client reads the 503) while that leaves descriptors spare
             self._answer(self._edge.answers["over_cap"], linger=len(self.connections) < 2 * cap)
@@ -229,7 +245,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 self._body_timer = self.loop.call_later(self._edge.body_timeout_s, self._body_tick)
 
     def _refuse_too_large(self, what: str) -> None:
-        self._edge.log.warning("too_large", "refused a request %s over %d bytes",
+        self._edge.refuse("too_large", "refused a request %s over %d bytes",
                                what, self._edge.max_head_bytes)  # fmt: skip
         self._answer(self._edge.answers["too_large"])
 
@@ -281,7 +297,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a framing error, as an OpenAI error (and logged rarely)."""
-        self._edge.log.warning("invalid", "refused an invalid HTTP request: %s", msg)
+        self._edge.refuse("invalid", "refused an invalid HTTP request: %s", msg)
         self._answer((400, encode(InvalidRequestError(f"invalid HTTP request: {msg}"))))
 
     def _upgrade(self) -> None:
@@ -289,6 +305,7 @@ class EdgeProtocol(HttpToolsProtocol):
         # protocol. None is supported, so the request is answered as plain HTTP and the
         # connection closed after it (RFC 9110 7.8 lets a server ignore Upgrade).
         if self._upgrade_with_body:
+            self._edge.refuse("upgrade_body", "refused an Upgrade request with a body")
             self._answer(self._edge.answers["upgrade_body"])
             return
         self._done = True
@@ -306,7 +323,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def _head_timeout(self) -> None:
         self._head_timer = None
         if not self._done:
-            self._edge.log.warning("head_timeout", "closed a connection: no request head in time")
+            self._edge.refuse("head_timeout", "closed a connection: no request head in time")
             self._answer(self._edge.answers["head_timeout"])
 
     def _body_tick(self) -> None:
@@ -329,7 +346,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._done = True
             self.transport.close()
             return
-        self._edge.log.warning("body_timeout", "closed a connection: the request body stalled")
+        self._edge.refuse("body_timeout", "closed a connection: the request body stalled")
         self._answer(self._edge.answers["body_timeout"])
 
     def _cancel_timers(self) -> None:
@@ -372,8 +389,17 @@ class EdgeProtocol(HttpToolsProtocol):
 class EdgeConfig(uvicorn.Config):
     """uvicorn's settings, fixed to this stack, plus the `Edge` its protocols share."""
 
-    def __init__(self, app: Any, limits: LimitsConfig, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: Any,
+        limits: LimitsConfig,
+        *,
+        count: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.edge = Edge.from_limits(limits)
+        if count is not None:
+            self.edge.count = count
         super().__init__(
             app,
             loop="uvloop",

@@ -38,11 +38,11 @@ BOTH_LOOPS = {"tests.proxy.test_transport", "tests.proxy.test_upstream_edges"}
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> dict[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     module = getattr(item, "module", None)
     if module is not None and module.__name__ in BOTH_LOOPS:
         return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-    return None
+    return {"asyncio": asyncio.new_event_loop}
 
 
 def emu_args(name: str, ledger: Path, *extra: str, util: float = 0.55) -> list[str]:

@@ -536,3 +536,21 @@ async def test_a_pipelined_head_does_not_cut_the_response_before_it() -> None:
         await task
     assert b" done" in got, got
     assert got.index(b" done") < got.index(b"HTTP/1.1 408")
+
+
+async def test_the_servers_own_refusals_are_counted() -> None:
+    """Logged at most once per interval, but every refusal counts in
+    vllm_switch_rejected_total (model "unknown": no request was read)."""
+    async with serve_proxy(edge_config(head_timeout_s=0.3), reconciled=False) as proxy:
+        port = port_of(proxy.url)
+        for _ in range(3):
+            openai_error(await until_closed(port), 408, "request_timeout")
+        openai_error(
+            await until_closed(port, b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"),
+            400,
+            "invalid_request",
+        )
+        async with httpx.AsyncClient(base_url=proxy.url) as client:
+            metrics = (await client.get("/metrics")).text
+    assert 'vllm_switch_rejected_total{model="unknown",reason="request_timeout"} 3.0' in metrics
+    assert 'vllm_switch_rejected_total{model="unknown",reason="bad_input"} 1.0' in metrics
