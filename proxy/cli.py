@@ -38,7 +38,7 @@ def uvicorn_config(
     from proxy.edge import EdgeConfig
     from proxy.metrics import UNKNOWN_MODEL
 
-    services = getattr(app.state, "services", None)
+    services = getattr(getattr(app, "state", None), "services", None)  # (tests serve bare apps)
     rejected = services.metrics.rejected if services is not None else None
     return EdgeConfig(
         app,

@@ -517,10 +517,10 @@ async def test_a_pipelined_head_does_not_cut_the_response_before_it() -> None:
         await release.wait()
         await send({"type": "http.response.body", "body": b" done"})
 
-    sock = socket.create_server(("127.0.0.1", 0))
     settings = uvicorn_config(slow, edge_config(head_timeout_s=0.5), "warning", grace_s=1)  # type: ignore[arg-type]
     settings.lifespan = "off"
     server = uvicorn.Server(settings)
+    sock = socket.create_server(("127.0.0.1", 0))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         reader, writer = await asyncio.open_connection(*sock.getsockname())
@@ -534,6 +534,7 @@ async def test_a_pipelined_head_does_not_cut_the_response_before_it() -> None:
     finally:
         server.should_exit = True
         await task
+        sock.close()
     assert b" done" in got, got
     assert got.index(b" done") < got.index(b"HTTP/1.1 408")
 
