@@ -15,8 +15,9 @@ could take it for the answer to an earlier request (then the connection is just 
 logged at most once per 10 s per kind. uvicorn closes idle keep-alive connections
 (`limits.keepalive_s`).
 
-State: an `Edge` (one per server, owned by its `EdgeConfig`) holds the settings, the encoded
-answers and the rate-limited log; each `EdgeProtocol` owns its connection's phase and timers.
+State: an `Edge` (proxy/refusals.py; one per server, owned by its `EdgeConfig`) holds the
+settings, the encoded answers, the counter and the rate-limited log; each `EdgeProtocol` owns
+its connection's phase and timers.
 What this relies on in uvicorn 0.54 (`HttpToolsProtocol`, `RequestResponseCycle`, `FlowControl`)
 is listed in `UVICORN_ATTRIBUTES` and pinned by tests/proxy/test_edge.py.
 """
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
@@ -34,19 +34,18 @@ import uvicorn
 import uvloop
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import (
-    STATUS_LINE,
     HttpToolsProtocol,
     RequestResponseCycle,
 )
 from uvicorn.server import ServerState
 
 from proxy.config import LimitsConfig
-from proxy.errors import HeadersTooLargeError, InvalidRequestError, ProxyError
-from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog, connection_cap
+from proxy.errors import InvalidRequestError
+from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog
+from proxy.refusals import Edge, encode, response_bytes
 
 logger = logging.getLogger("vllm_switch.edge")
 
-HEAD_SLACK_BYTES = 4 * 1024  # raw head bytes (request line, CRLFs) beyond what the limit counts
 LINGER_S = 2.0  # after an answer, read and drop what the client still sends, so it reads ours
 
 # what EdgeProtocol uses of uvicorn's httptools protocol and its request cycle
@@ -65,89 +64,6 @@ UVICORN_ATTRIBUTES = {
 }  # fmt: skip
 
 
-class RequestTimeoutError(ProxyError):
-    status_code = 408
-    error_type = "invalid_request_error"
-    code = "request_timeout"
-
-
-class TooManyConnectionsError(ProxyError):
-    status_code = 503
-    error_type = "server_error"
-    code = "too_many_connections"
-
-
-def encode(exc: ProxyError) -> bytes:
-    """Everything of the answer to `exc` after the status line and uvicorn's default headers:
-    `exc.response()`'s headers and body (serialized there, once), plus `Connection: close`."""
-    response = exc.response()
-    headers = b"".join(b"%s: %s\r\n" % pair for pair in response.raw_headers)
-    return headers + b"connection: close\r\n\r\n" + bytes(response.body)
-
-
-@dataclass
-class Edge:
-    """One server's edge settings, its encoded answers and its rate-limited log."""
-
-    head_timeout_s: float
-    body_timeout_s: float
-    max_head_bytes: int
-    max_connections: int
-    answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    log: RateLimitedLog = field(default_factory=lambda: RateLimitedLog(logger))
-    count: Callable[[str], None] = lambda _reason: None  # the proxy's rejected counter
-
-    def refuse(self, kind: str, message: str, *args: object) -> None:
-        """A refusal of the server's own: logged at most once per interval, always counted
-        (as `vllm_switch_rejected_total{reason=REASONS[kind]}`)."""
-        self.log.warning(kind, message, *args)
-        self.count(REASONS[kind])
-
-    @classmethod
-    def from_limits(cls, limits: LimitsConfig) -> Edge:
-        cap = connection_cap(limits.max_connections)
-        edge = cls(
-            head_timeout_s=limits.head_timeout_s,
-            body_timeout_s=limits.body_timeout_s,
-            max_head_bytes=limits.max_header_bytes + HEAD_SLACK_BYTES,
-            max_connections=cap,
-        )
-        limit = limits.max_header_bytes
-        for key, exc in {
-            "head_timeout": RequestTimeoutError(
-                f"no complete request head within {limits.head_timeout_s:g} s"
-            ),
-            "body_timeout": RequestTimeoutError(
-                f"the request body stalled: no byte for {limits.body_timeout_s:g} s"
-            ),
-            "too_large": HeadersTooLargeError(
-                f"request line and headers are over {edge.max_head_bytes} bytes; "
-                f"the limit is {limit}"
-            ),
-            "over_cap": TooManyConnectionsError(
-                f"the proxy holds its maximum of {cap} connections; retry later",
-                retry_after_s=limits.retry_after_s,
-            ),
-            "upgrade_body": InvalidRequestError(
-                "a request with a body cannot ask for a protocol upgrade (none is supported)"
-            ),
-        }.items():
-            edge.answers[key] = (exc.status_code, encode(exc))
-        if cap < limits.max_connections:
-            logger.warning(
-                "connection cap lowered to %d (limits.max_connections %d) by the open-file limit",
-                cap,
-                limits.max_connections,
-            )
-        return edge
-
-
-def _response(answer: tuple[int, bytes], default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    status, rest = answer
-    head = b"".join(b"%s: %s\r\n" % pair for pair in default_headers)  # date, server
-    return STATUS_LINE[status] + head + rest
-
-
 class _Flow(FlowControl):
     """uvicorn's flow control, telling the protocol each time the app asks for more body."""
 
@@ -161,15 +77,6 @@ class _Flow(FlowControl):
 
 
 _IDLE, _HEAD, _BODY = 0, 1, 2
-# the server's refusals, as reasons of vllm_switch_rejected_total (docs/observability.md)
-REASONS = {
-    "over_cap": "too_many_connections",
-    "too_large": "too_large",
-    "invalid": "bad_input",
-    "upgrade_body": "bad_input",
-    "head_timeout": "request_timeout",
-    "body_timeout": "request_timeout",
-}
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -225,7 +132,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._upgrade()
             return
         except httptools.HttpParserError as exc:
-            self.send_400_response(str(exc) or type(exc).__name__)
+            self.send_400response_bytes(str(exc) or type(exc).__name__)
             return
         if self._phase == _HEAD:
             if start == _IDLE or not self._began:  # else the chunk began with another message
@@ -295,7 +202,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # uvicorn's own answers
 
-    def send_400_response(self, msg: str) -> None:
+    def send_400response_bytes(self, msg: str) -> None:
         """uvicorn's answer to a framing error, as an OpenAI error (and logged rarely)."""
         self._edge.refuse("invalid", "refused an invalid HTTP request: %s", msg)
         self._answer((400, encode(InvalidRequestError(f"invalid HTTP request: {msg}"))))
@@ -378,7 +285,7 @@ class EdgeProtocol(HttpToolsProtocol):
         if earlier or self.transport.is_closing():
             self.transport.close()
             return
-        self.transport.write(_response(answer, self.server_state.default_headers))
+        self.transport.write(response_bytes(answer, self.server_state.default_headers))
         if linger and self.transport.can_write_eof():
             self.transport.write_eof()
             self.loop.call_later(LINGER_S, self.transport.close)
