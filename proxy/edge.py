@@ -132,7 +132,7 @@ class EdgeProtocol(HttpToolsProtocol):
             self._upgrade()
             return
         except httptools.HttpParserError as exc:
-            self.send_400response_bytes(str(exc) or type(exc).__name__)
+            self.send_400_response(str(exc) or type(exc).__name__)
             return
         if self._phase == _HEAD:
             if start == _IDLE or not self._began:  # else the chunk began with another message
@@ -202,7 +202,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # uvicorn's own answers
 
-    def send_400response_bytes(self, msg: str) -> None:
+    def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a framing error, as an OpenAI error (and logged rarely)."""
         self._edge.refuse("invalid", "refused an invalid HTTP request: %s", msg)
         self._answer((400, encode(InvalidRequestError(f"invalid HTTP request: {msg}"))))

@@ -218,6 +218,7 @@ def test_what_the_edge_relies_on_in_uvicorn_is_still_there() -> None:
     # uvicorn writes its framing-error answer only through send_400_response
     data_received = inspect.getsource(httptools_impl.HttpToolsProtocol.data_received)
     assert "self.send_400_response(msg)" in data_received
+    assert EdgeProtocol.send_400_response is not httptools_impl.HttpToolsProtocol.send_400_response
     config = uvicorn_config(create_app(edge_config()), edge_config(), "warning", grace_s=1)
     config.load()
     assert config.http_protocol_class is EdgeProtocol
