@@ -88,16 +88,21 @@ def _record(request: Request, endpoint: str) -> RequestRecord:
     )
 
 
+def _refused(record: RequestRecord, exc: ProxyError) -> Response:
+    """The proxy's own answer to a request it could not serve, recorded and carrying its id."""
+    record.rejected(exc)
+    response = exc.response()
+    response.headers["x-request-id"] = record.request_id
+    return response
+
+
 async def forward(request: Request, path: str) -> Response:
     services = services_of(request)
     record = _record(request, path)
     try:
         return await _forward(request, services, path, record)
     except ProxyError as exc:
-        record.rejected(exc)
-        response = exc.response()
-        response.headers["x-request-id"] = record.request_id
-        return response
+        return _refused(record, exc)
 
 
 async def _forward(
@@ -171,10 +176,7 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     except ProxyError as exc:
-        record.rejected(exc)
-        response = exc.response()
-        response.headers["x-request-id"] = record.request_id
-        return response
+        return _refused(record, exc)
 
 
 @router.post("/v1/chat/completions", openapi_extra=schemas.body("/v1/chat/completions"))
