@@ -2,7 +2,7 @@
 what vllm-switch reads from vLLM - a non-streamed JSON answer, and a streamed answer of 17 SSE
 events in chunked coding, each event arriving in its own socket read.
 
-Candidates: `proxy.http1.ResponseParser` (llhttp through httptools, plus the proxy's checks),
+Candidates: `proxy.upstream.http1.ResponseParser` (llhttp through httptools, plus the proxy's checks),
 bare httptools (the floor for anything on llhttp), h11 (pure Python, what httpx/httpcore and
 uvicorn's default use) and, if installed, aiohttp's C parser (llhttp too; not a dependency).
 Rounds alternate between the candidates so drift hits all of them alike.
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import machine  # noqa: E402
-from proxy.http1 import ResponseParser  # noqa: E402
+from proxy.upstream.http1 import ResponseParser  # noqa: E402
 
 Pieces = list[bytes]
 HEAD = (

@@ -18,13 +18,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from proxy.auth import AuthMiddleware, guarding_keys
 from proxy.config import ProxyConfig
-from proxy.errors import InvalidRequestError, ProxyError, install_exception_handlers
-from proxy.limits import HeaderLimitMiddleware
-from proxy.metrics import UNKNOWN_MODEL
-from proxy.routes import admin as admin_routes, openai as openai_routes, schemas
-from proxy.routes.direct import DirectRoutes
+from proxy.errors import InvalidRequestError, ProxyError
+from proxy.http.auth import AuthMiddleware, guarding_keys
+from proxy.http.limits import HeaderLimitMiddleware
+from proxy.http.rendering import install_exception_handlers, render_error
+from proxy.http.routes import admin as admin_routes, openai as openai_routes, schemas
+from proxy.http.routes.direct import DirectRoutes
+from proxy.observability.metrics import UNKNOWN_MODEL
 from proxy.services import Services
 
 
@@ -88,9 +89,9 @@ def create_app(
 
 async def _internal_error(_: Request, exc: Exception) -> Response:
     """A bug's answer: OpenAI JSON, never the exception's text (the server logs the traceback)."""
-    return ProxyError(
-        f"internal error in the proxy ({type(exc).__name__}); it is logged"
-    ).response()
+    return render_error(
+        ProxyError(f"internal error in the proxy ({type(exc).__name__}); it is logged")
+    )
 
 
 class _JsonCorsMiddleware(CORSMiddleware):
@@ -100,7 +101,7 @@ class _JsonCorsMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code < 400:
             return response
-        refused = InvalidRequestError(bytes(response.body).decode()).response()
+        refused = render_error(InvalidRequestError(bytes(response.body).decode()))
         for name, value in response.headers.items():
             if name.startswith(("access-control-", "vary")):
                 refused.headers[name] = value

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from proxy import __version__
-from proxy.listen import tcp_listener
+from proxy.http.edge.listen import tcp_listener
 
 if TYPE_CHECKING:
     import uvicorn
@@ -32,11 +32,11 @@ def _load(path: Path) -> ProxyConfig | None:
 def uvicorn_config(
     app: FastAPI, config: ProxyConfig, log_level: str, grace_s: int
 ) -> uvicorn.Config:
-    """The HTTP server's settings: uvloop, httptools and the edge's limits (proxy/edge.py).
+    """The HTTP server's settings: uvloop, httptools and the edge's limits (proxy/http/edge/protocol.py).
 
     `vllm-switch serve`, the demo and the tests all serve the app with these."""
-    from proxy.edge import EdgeConfig
-    from proxy.metrics import UNKNOWN_MODEL
+    from proxy.http.edge.protocol import EdgeConfig
+    from proxy.observability.metrics import UNKNOWN_MODEL
 
     services = getattr(getattr(app, "state", None), "services", None)  # (tests serve bare apps)
     rejected = services.metrics.rejected if services is not None else None
@@ -62,8 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if (config := _load(args.config)) is None:
         return 2
-    from proxy.fdlimit import raise_open_file_limit
-    from proxy.logs import configure_logging
+    from proxy.http.edge.fdlimit import raise_open_file_limit
+    from proxy.observability.logs import configure_logging
 
     host = args.host or config.host
     port = config.port if args.port is None else args.port
@@ -100,7 +100,7 @@ def _schema(_: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from proxy.statusview import run_status
+    from proxy.observability.statusview import run_status
 
     return run_status(args.url, as_json=args.json)
 

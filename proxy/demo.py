@@ -21,8 +21,8 @@ from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially
-from proxy.fdlimit import raise_open_file_limit
-from proxy.listen import tcp_listener
+from proxy.http.edge.fdlimit import raise_open_file_limit
+from proxy.http.edge.listen import tcp_listener
 
 GPU = "demo-gpu"
 MODELS = (

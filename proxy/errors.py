@@ -1,20 +1,16 @@
-"""Errors the proxy decides on, rendered as OpenAI error bodies, and the handlers for them.
+"""Errors the proxy decides on, as OpenAI error bodies: the domain's words, no web framework.
 
-Backend responses with 4xx/5xx are not ProxyErrors: they pass through untouched. Every error
-that *this proxy* produces carries the header `X-VLLM-Switch-Error: <code>` so operators can
-tell them apart from the backend's own.
+Switching and backends raise these; the HTTP layer renders them (proxy/http/rendering.py), and
+the edge encodes them once as raw bytes (proxy/http/edge/refusals.py). Backend responses with
+4xx/5xx are not ProxyErrors: they pass through untouched. Every error that *this proxy*
+produces carries the header `X-VLLM-Switch-Error: <code>` so operators can tell them apart from
+the backend's own. Stateless.
 """
 
 from __future__ import annotations
 
 import json
 from typing import ClassVar
-
-import httpx
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 ERROR_HEADER = "X-VLLM-Switch-Error"
 
@@ -42,17 +38,16 @@ class ProxyError(Exception):
             }
         }
 
-    def response(self) -> Response:
+    def headers(self) -> dict[str, str]:
+        """The proxy's own headers on this answer (its error code, and Retry-After if any)."""
         headers = {ERROR_HEADER: self.code}
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(self.retry_after_s)))
-        # ASCII JSON: a client's string echoed in a message (a model name) can hold anything
-        return Response(
-            json.dumps(self.body()).encode(),
-            status_code=self.status_code,
-            headers=headers,
-            media_type="application/json",
-        )
+        return headers
+
+    def encoded_body(self) -> bytes:
+        """ASCII JSON: a client's string echoed in a message (a model name) can hold anything."""
+        return json.dumps(self.body()).encode()
 
 
 class InvalidRequestError(ProxyError):
@@ -133,14 +128,6 @@ class UpstreamTimeoutError(ProxyError):
     code = "upstream_timeout"
 
 
-def upstream_failure(what: str, exc: Exception) -> ProxyError:
-    """A backend's transport failure as the client's error: a timeout is 504, anything else
-    (refused, reset, a malformed response) 502. `what` says what failed, naming the model."""
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeoutError(f"{what}: timed out ({type(exc).__name__})")
-    return UpstreamUnreachableError(f"{what}: {type(exc).__name__}: {exc}")
-
-
 class ClientGoneError(Exception):
     """The client disconnected before its request was answered (nothing is sent back)."""
 
@@ -148,48 +135,3 @@ class ClientGoneError(Exception):
 def sse_error(exc: ProxyError) -> bytes:
     """The event that ends a stream whose headers are already sent (vLLM frames it the same)."""
     return f"data: {json.dumps(exc.body())}\n\ndata: [DONE]\n\n".encode()
-
-
-async def _proxy_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProxyError)
-    return exc.response()
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
-        return NotFoundError(
-            "no such route; see GET /v1/models and the README for the API"
-        ).response()
-    if exc.status_code == 405:
-        response = MethodNotAllowedError(f"method not allowed: {exc.detail}").response()
-        if exc.headers:
-            response.headers.update(exc.headers)
-        return response
-    return JSONResponse(
-        {
-            "error": {
-                "message": str(exc.detail),
-                "type": "invalid_request_error",
-                "param": None,
-                "code": str(exc.status_code),
-            }
-        },
-        status_code=exc.status_code,
-        headers={ERROR_HEADER: str(exc.status_code)},
-    )
-
-
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    return InvalidRequestError(
-        f"invalid request: {first.get('msg', 'validation error')}", param=param
-    ).response()
-
-
-def install_exception_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ProxyError, _proxy_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -10,20 +10,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from proxy.backends import Backend, VllmControl
+from proxy.backends.process import Process
+from proxy.backends.supervisor import Supervisor
+from proxy.clock import Clock, SystemClock
 from proxy.config import ModelConfig, ProxyConfig
 from proxy.errors import InvalidRequestError, ModelNotFoundError
-from proxy.metrics import Metrics
-from proxy.startup import start_up
-from proxy.supervisor import Supervisor
-from proxy.switcher import Switcher
-from proxy.transport import upstream_transport
+from proxy.observability.metrics import Metrics
+from proxy.switching.startup import start_up
+from proxy.switching.switcher import Switcher
+from proxy.upstream.transport import upstream_transport
 
 log = logging.getLogger(__name__)
 # vLLM closes idle keep-alive connections after 5 s: expire ours first so none is reused half-closed
@@ -56,8 +58,16 @@ class Services:
 
     @classmethod
     def build(
-        cls, config: ProxyConfig, *, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        config: ProxyConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
+        launcher: Callable[[ModelConfig], Process] | None = None,
     ) -> Services:
+        """The object graph. `transport` (control calls and forwarding), `clock` and `launcher`
+        (how a supervised backend's process is made) are the seams tests replace."""
+        clock = clock or SystemClock()
         limits = httpx.Limits(
             max_connections=None,
             max_keepalive_connections=256,
@@ -72,12 +82,17 @@ class Services:
         # every call passes its model's own timeouts (forwarding here, control calls in
         # VllmControl); the client's default only guards a call that forgot to
         client = httpx.AsyncClient(transport=transport, timeout=5.0, limits=limits)
-        backends = {m.name: Backend(m, VllmControl(m, client)) for m in config.models}
+        backends = {m.name: Backend(m, VllmControl(m, client), clock) for m in config.models}
         by_name = {n: m for m in config.models for n in (m.name, *m.aliases)}
         timeouts = {m.name: forward_timeouts(m).as_dict() for m in config.models}
         metrics = Metrics([m.name for m in config.models])
-        supervisor = Supervisor(backends, metrics)
-        switcher = Switcher(config, backends, metrics, supervisor)
+        supervisor = Supervisor(
+            backends,
+            lambda name: metrics.restarts.labels(name).inc(),
+            clock=clock,
+            launcher=launcher,
+        )
+        switcher = Switcher(config, backends, metrics, supervisor, clock)
         metrics.watch(switcher.live)
         return cls(
             config, client, transport, backends, switcher, by_name, timeouts, metrics, supervisor
@@ -139,7 +154,7 @@ class Services:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.switcher.sleep_idle(time.monotonic())
+                await self.switcher.sleep_idle(self.switcher.clock.monotonic())
             except Exception:
                 log.exception("idle sleep pass failed")
 

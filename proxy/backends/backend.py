@@ -1,6 +1,6 @@
 """Backend: one model's state, its leases, and who may still take one while it drains.
 
-State owned here (changed only by the Switcher's calls, between awaits):
+Fields (each changed between two awaits, never across one):
   state          see state.py
   leases         requests currently forwarded to the backend (streams included)
   draining       a switch drains it before sleep: no new leases, except for...
@@ -12,18 +12,28 @@ State owned here (changed only by the Switcher's calls, between awaits):
                  residual; a FAILED backend that may still hold GPU memory blocks wakes
                  in its group (waking next to it could wedge a neighbour, as on an H100)
   failure        why it is FAILED
-Readers (routes, status) only read.
+
+Who writes them - true today, and more writers than one would like:
+  - requests, through this class's own methods: leases, tickets (early_waiters), last_used;
+  - switching/transitions.py, under the group lock: draining (drain), state through
+    sleep()/wake()/mark_failed();
+  - switching/switcher.py, under the group lock: state READY after a wake or start;
+  - switching/startup.py, under the group lock: state of every member at reconciliation;
+  - backends/supervisor.py: STARTING when it launches a process (under the lock, called by
+    transitions), holds_memory=False after a kill, and - from its exit watcher, *without* the
+    group lock - FAILED/holds_memory=False when a process dies; STOPPED at shutdown.
+Routes and status only read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 
+from proxy.backends.control import VllmControl
 from proxy.backends.state import ALLOWED, BackendState
-from proxy.backends.vllm import VllmControl, elapsed_ms
+from proxy.clock import Clock, SystemClock
 from proxy.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -71,8 +81,11 @@ class Lease:
 
 
 class Backend:
-    def __init__(self, config: ModelConfig, control: VllmControl) -> None:
+    def __init__(
+        self, config: ModelConfig, control: VllmControl, clock: Clock | None = None
+    ) -> None:
         self.config = config
+        self.clock = clock or SystemClock()
         self.name = config.name
         self.control = control
         self.state = BackendState.UNKNOWN
@@ -95,7 +108,7 @@ class Backend:
             raise RuntimeError(f"{self.name}: illegal transition {self.state} -> {new}")
         self.state = new
         if new is BackendState.READY:
-            self.awake_since = time.time()
+            self.awake_since = self.clock.wall()
             self.holds_memory = True
             self.failure = None
         elif new is BackendState.STARTING:
@@ -134,17 +147,20 @@ class Backend:
         if ticket is not None:
             self.drop_ticket(ticket)
         self.leases += 1
-        self.last_used = time.monotonic()
+        self.last_used = self.clock.monotonic()
         return Lease(self)
 
     def _release(self) -> None:
         self.leases -= 1
-        self.last_used = time.monotonic()
+        self.last_used = self.clock.monotonic()
         self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _ms_since(self, t0: float) -> float:
+        return round((self.clock.monotonic() - t0) * 1000, 3)
 
     def is_ready(self) -> bool:
         return self.state is BackendState.READY
@@ -169,32 +185,32 @@ class Backend:
     # ----- memory-changing operations (Switcher only, under the group lock) -----------------------
     async def sleep(self) -> float:
         """Drained already; /sleep (mode=wait) then confirm with /is_sleeping. Returns ms."""
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         self.draining = False  # the drain is over: who comes now waits for the next wake, early
         self.set_state(BackendState.SLEEPING)
         await self.control.sleep(self.config.sleep_level)
         if not await self.control.is_sleeping():
             raise RuntimeError("/sleep answered 200 but /is_sleeping is false")
         self.set_state(BackendState.ASLEEP)
-        self.last_sleep_ms = elapsed_ms(t0)
+        self.last_sleep_ms = self._ms_since(t0)
         return self.last_sleep_ms
 
     async def wake(self) -> float:
         """Wake (staged for level 2) and confirm with /is_sleeping. Returns ms; not READY yet."""
         self.set_state(BackendState.WAKING)
         self.holds_memory = True
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         await self.control.wake(self.config.sleep_level)
         if await self.control.is_sleeping():
             raise RuntimeError("/wake_up answered 200 but /is_sleeping is still true")
-        self.last_wake_ms = elapsed_ms(t0)
+        self.last_wake_ms = self._ms_since(t0)
         return self.last_wake_ms
 
     async def warm_up(self) -> float:
         """The 1-token warm-up request (if enabled). Returns ms."""
         if not self.config.warmup.enabled:
             return 0.0
-        t0 = time.monotonic()
+        t0 = self.clock.monotonic()
         await self.control.warm_up()
-        self.last_warmup_ms = elapsed_ms(t0)
+        self.last_warmup_ms = self._ms_since(t0)
         return self.last_warmup_ms

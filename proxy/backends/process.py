@@ -16,8 +16,34 @@ import signal
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+class Process(Protocol):
+    """What the supervisor needs of one backend process (ManagedProcess; a fake in tests)."""
+
+    stopping: bool
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def tail(self) -> list[str]: ...
+
+    async def start(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+    async def stop(self, grace_s: float) -> int | None: ...
 
 
 class ManagedProcess:

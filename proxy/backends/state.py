@@ -12,8 +12,12 @@ Supervised backends (a `command` in the config) also have:
     FAILED --restart after backoff (the process is dead: its memory is free)--> STARTING
     any --proxy shutdown--> STOPPED
 
-Only the Switcher drives transitions (under its GPU group's lock), and only between two awaits;
-everyone else reads snapshots.
+Who moves a backend from one state to another (the full list, with the fields, is in
+backend.py): the switching core under the GPU group's lock - the switcher and its transitions
+(sleep, wake, start, their failures) and start-up (reconciliation, bootstrap); and, without
+that lock, the supervisor's exit watcher (a crash: FAILED, memory free) and shutdown (STOPPED).
+Every move is checked against ALLOWED below, and happens between two awaits. Routes and
+status only read. Stateless itself: the enum and the table.
 """
 
 from __future__ import annotations

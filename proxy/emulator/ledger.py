@@ -56,6 +56,20 @@ class LedgerSnapshot:
         }
 
 
+class LedgerDirError(Exception):
+    """The ledger directory is not this user's own (someone else could forge the fake GPU)."""
+
+
+def own_directory(path: Path) -> None:
+    """Refuse a ledger directory that another user owns or may write to."""
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise LedgerDirError(
+            f"ledger directory {path} must belong to this user and not be group- or "
+            f"world-writable (mode {st.st_mode & 0o777:o}); pass --emu-ledger-dir"
+        )
+
+
 class GpuLedger:
     """This process's handle on one fake GPU's ledger file."""
 
@@ -66,7 +80,8 @@ class GpuLedger:
         self._label = label
         self._pid = os.getpid()
         self._me = str(self._pid)
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        own_directory(self._dir)
 
     @property
     def path(self) -> Path:

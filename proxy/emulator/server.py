@@ -23,7 +23,6 @@ from proxy.emulator.ledger import GpuLedger
 from proxy.emulator.metrics import EngineMetrics
 from proxy.emulator.protocol import VLLM_VERSION
 from proxy.emulator.settings import GIB, EmulatorSettings, parse_settings
-from proxy.listen import tcp_listener
 
 log = logging.getLogger("vllm.emulator")
 DEATH_EXIT_DELAY_S = 5.0
@@ -105,10 +104,7 @@ async def run(settings: EmulatorSettings, *, dev_mode: bool) -> int:
         log.warning(
             "SECURITY WARNING: Development endpoints are enabled! This should NOT be used in production!"
         )
-    if settings.nodelay:  # connections with TCP_NODELAY: chunks leave one by one
-        sock = tcp_listener(settings.host, settings.port)
-    else:  # as vLLM 0.26 binds (proto 0): Nagle may bunch small chunks
-        sock = socket.create_server((settings.host, settings.port), reuse_port=False)
+    sock = _listener(settings.host, settings.port, nodelay=settings.nodelay)
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -128,6 +124,25 @@ async def run(settings: EmulatorSettings, *, dev_mode: bool) -> int:
     finally:
         ledger.release_all()
     return 1 if died.is_set() else 0
+
+
+def _listener(host: str, port: int, *, nodelay: bool) -> socket.socket:
+    """As vLLM 0.26 binds (proto 0: asyncio leaves Nagle on, small chunks may bunch up), or with
+    proto IPPROTO_TCP, whose accepted connections asyncio sets to TCP_NODELAY."""
+    if not nodelay:
+        return socket.create_server((host, port), reuse_port=False)
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str]) -> int:

@@ -2,18 +2,30 @@
 
 Unknown vLLM flags are accepted and ignored, so a real `vllm serve` command line can be pointed
 at the emulator unchanged. Timing defaults come from vLLM 0.26.0 measured on an H100
-(shared/reference/h100-observations.md); `--emu-timing instant` zeroes them for tests.
+(docs/conformance.md); `--emu-timing instant` zeroes them for tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 1024**3
-DEFAULT_LEDGER_DIR = Path("/tmp/vllm-switch-emulator")
+
+
+def default_ledger_dir() -> Path:
+    """A directory of this user's own: `$XDG_RUNTIME_DIR/vllm-switch-emulator` (per-user, 0700 by
+    definition), else `~/.cache/vllm-switch/emulator`. Never a shared path like /tmp, where
+    another user could plant or read a ledger (the ledger also refuses a directory that is not
+    the user's own, see ledger.py)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / "vllm-switch-emulator"
+    return Path.home() / ".cache" / "vllm-switch" / "emulator"
+
 
 # vLLM flags that take a value, so that their value is not mistaken for the positional model.
 _IGNORED_VALUE_FLAGS = (
@@ -113,12 +125,14 @@ class EmulatorSettings:
     gpu_name: str = "fake-h100-0"
     gpu_memory_gib: float = 79.19
     residual_gib: float = 1.3
-    ledger_dir: Path = DEFAULT_LEDGER_DIR
+    ledger_dir: Path = field(default_factory=default_ledger_dir)
     vocab_size: int = 4096
     timings: Timings = field(default_factory=lambda: Timings.h100(1.11))
     faults: tuple[str, ...] = ()
     port_file: Path | None = None
-    nodelay: bool = False  # TCP_NODELAY on connections (vLLM 0.26: no, see proxy/listen.py)
+    nodelay: bool = (
+        False  # TCP_NODELAY on connections (vLLM 0.26: no, see proxy/http/edge/listen.py)
+    )
 
     @property
     def total_bytes(self) -> int:
@@ -179,7 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--emu-gpu-memory-gib", type=float, default=79.19, help="fake GPU size (H100 80GB: 79.19)"
     )
     emu.add_argument("--emu-residual-gib", type=float, default=1.3, help="held while asleep")
-    emu.add_argument("--emu-ledger-dir", type=Path, default=DEFAULT_LEDGER_DIR)
+    emu.add_argument(
+        "--emu-ledger-dir",
+        type=Path,
+        default=None,
+        help="where fake GPUs' ledgers live (default: a directory of this user's own)",
+    )
     emu.add_argument("--emu-vocab-size", type=int, default=4096)
     emu.add_argument("--emu-timing", choices=("h100", "instant"), default="h100")
     emu.add_argument(
@@ -249,7 +268,7 @@ def parse_settings(argv: list[str]) -> EmulatorSettings:
         gpu_name=ns.emu_gpu,
         gpu_memory_gib=ns.emu_gpu_memory_gib,
         residual_gib=ns.emu_residual_gib,
-        ledger_dir=ns.emu_ledger_dir,
+        ledger_dir=ns.emu_ledger_dir or default_ledger_dir(),
         vocab_size=ns.emu_vocab_size,
         timings=timings,
         faults=tuple(ns.emu_fault),

@@ -26,7 +26,7 @@ from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, spawn_emulator
-from proxy.listen import tcp_listener
+from proxy.http.edge.listen import tcp_listener
 from proxy.services import Services
 from tests.processes import emulator_stats, free_port
 

@@ -9,8 +9,8 @@ import pytest
 
 from proxy.app import create_app
 from proxy.config import ProxyConfig
-from proxy.routes import openai as openai_routes
-from proxy.routes.direct import DirectRoutes
+from proxy.http.routes import openai as openai_routes
+from proxy.http.routes.direct import DirectRoutes
 
 
 def test_direct_routes_are_the_documented_post_routes_and_run_innermost() -> None:

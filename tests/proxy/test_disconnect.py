@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from proxy.disconnect import watching_client
 from proxy.errors import ClientGoneError
+from proxy.http.disconnect import watching_client
 
 
 class Client:

@@ -1,4 +1,4 @@
-"""The inbound edge (proxy/edge.py, proxy/fdlimit.py) over real loopback sockets: deadlines,
+"""The inbound edge (proxy/http/edge/protocol.py, proxy/http/edge/fdlimit.py) over real loopback sockets: deadlines,
 caps and early rejections answered in OpenAI JSON, and the proxy up under idle-connection floods.
 
 The backend of these proxies is a closed port: /health answers regardless (it is liveness)."""
@@ -32,8 +32,8 @@ from uvicorn.protocols.http import httptools_impl
 from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import ProxyConfig
-from proxy.edge import UVICORN_ATTRIBUTES, EdgeProtocol
-from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog, connection_cap
+from proxy.http.edge.fdlimit import AcceptErrorHandler, RateLimitedLog, connection_cap
+from proxy.http.edge.protocol import UVICORN_ATTRIBUTES, EdgeProtocol
 from tests.processes import free_port
 from tests.proxy.conftest import serve_proxy
 
@@ -202,7 +202,7 @@ async def test_upgrade_is_answered_as_plain_http_and_never_parses_the_rest() -> 
 
 
 def test_what_the_edge_relies_on_in_uvicorn_is_still_there() -> None:
-    """proxy/edge.py subclasses uvicorn 0.54's HttpToolsProtocol: if these move, it breaks."""
+    """proxy/http/edge/protocol.py subclasses uvicorn 0.54's HttpToolsProtocol: if these move, it breaks."""
     protocol_init = inspect.getsource(httptools_impl.HttpToolsProtocol.__init__)
     cycle_init = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
     for name in UVICORN_ATTRIBUTES["protocol"]:
@@ -242,7 +242,7 @@ def test_connection_cap_leaves_room_for_an_upstream_connection_each() -> None:
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     code = (
-        "import logging, resource; from proxy.fdlimit import raise_open_file_limit; "
+        "import logging, resource; from proxy.http.edge.fdlimit import raise_open_file_limit; "
         "print(*raise_open_file_limit(logging.getLogger()), "
         "resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
@@ -274,7 +274,7 @@ def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFix
 
 ACCEPT_STORM = """
 import asyncio, logging, resource, sys
-from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog
+from proxy.http.edge.fdlimit import AcceptErrorHandler, RateLimitedLog
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 async def main():
     loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.gate import SingleFlight
+from proxy.switching.single_flight import SingleFlight
 
 
 class Op:

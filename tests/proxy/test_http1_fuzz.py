@@ -1,4 +1,4 @@
-"""Differential fuzzing of `proxy.http1.ResponseParser` against h11 (the reference).
+"""Differential fuzzing of `proxy.upstream.http1.ResponseParser` against h11 (the reference).
 
 Response byte streams are generated structurally (interim 1xx heads, a status line, tricky
 header names and values, a body framed by Content-Length, chunked coding with extensions and
@@ -25,7 +25,7 @@ import h11
 import httpx
 from hypothesis import HealthCheck, example, given, note, settings, strategies as st
 
-from proxy.http1 import MAX_HEAD_BYTES, ResponseParser
+from proxy.upstream.http1 import MAX_HEAD_BYTES, ResponseParser
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))
 FUZZ = settings(

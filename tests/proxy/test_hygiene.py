@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from proxy.app import create_app
 from proxy.config import ProxyConfig
 from proxy.errors import UpstreamUnreachableError
-from proxy.forwarding import response_headers
+from proxy.http.forwarding import response_headers
 from tests.proxy.conftest import RunningProxy, chat, serve_proxy
 
 BACKEND_KEY = "sk-backend-key-0123"

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from proxy.listen import tcp_listener
+from proxy.http.edge.listen import tcp_listener
 
 
 async def accepted_nodelay(sock: socket.socket) -> int:

@@ -12,11 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from proxy.config import ProxyConfig
-from proxy.group import STUCK_GRACE_S
-from proxy.logs import JsonFormatter, PlainFormatter
-from proxy.routes.admin import readiness
+from proxy.http.routes.admin import readiness
+from proxy.observability.logs import JsonFormatter, PlainFormatter
+from proxy.observability.statusview import render, run_status
 from proxy.services import Services
-from proxy.statusview import render, run_status
+from proxy.switching.group import STUCK_GRACE_S
 from tests.processes import free_port
 from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
 

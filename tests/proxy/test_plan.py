@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.backends import BackendState
-from proxy.plan import Member, Plan, plan_switch
+from proxy.switching.plan import Member, Plan, plan_switch
 
 R, A, F = BackendState.READY, BackendState.ASLEEP, BackendState.FAILED
 

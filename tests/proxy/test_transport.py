@@ -1,5 +1,5 @@
 """The proxy's upstream transport (its own keep-alive pool under httpx, responses parsed by
-llhttp in `proxy/http1.py`) fails the way httpx's own does, frames bodies as HTTP/1.1 says,
+llhttp in `proxy/upstream/http1.py`) fails the way httpx's own does, frames bodies as HTTP/1.1 says,
 reuses a connection only when that is safe (never after a stray byte, trailing bytes or EOF),
 never sends a POST twice, and bounds the wait for a response head."""
 
@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import httpx
 import pytest
 
-from proxy.transport import UpstreamTransport, upstream_transport
+from proxy.upstream.transport import UpstreamTransport, upstream_transport
 from tests.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

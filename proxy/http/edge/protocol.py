@@ -15,7 +15,7 @@ could take it for the answer to an earlier request (then the connection is just 
 logged at most once per 10 s per kind. uvicorn closes idle keep-alive connections
 (`limits.keepalive_s`).
 
-State: an `Edge` (proxy/refusals.py; one per server, owned by its `EdgeConfig`) holds the
+State: an `Edge` (proxy/http/edge/refusals.py; one per server, owned by its `EdgeConfig`) holds the
 settings, the encoded answers, the counter and the rate-limited log; each `EdgeProtocol` owns
 its connection's phase and timers.
 What this relies on in uvicorn 0.54 (`HttpToolsProtocol`, `RequestResponseCycle`, `FlowControl`)
@@ -41,8 +41,8 @@ from uvicorn.server import ServerState
 
 from proxy.config import LimitsConfig
 from proxy.errors import InvalidRequestError
-from proxy.fdlimit import AcceptErrorHandler, RateLimitedLog
-from proxy.refusals import Edge, encode, response_bytes
+from proxy.http.edge.fdlimit import AcceptErrorHandler, RateLimitedLog
+from proxy.http.edge.refusals import Edge, encode, response_bytes
 
 logger = logging.getLogger("vllm_switch.edge")
 

@@ -8,10 +8,10 @@ logged. asyncio's selector loop instead reports every failed attempt to the loop
 handler, up to `backlog` times per loop iteration, each retry scheduling more: 200 MB of log in
 30 s under a 1,024 open-file limit. So the proxy keeps its client connections below the limit
 (`connection_cap`: each client connection may need an upstream one as well) and answers the
-ones beyond with a 503 (proxy/edge.py); `AcceptErrorHandler` rate-limits what the loop reports.
+ones beyond with a 503 (proxy/http/edge/protocol.py); `AcceptErrorHandler` rate-limits what the loop reports.
 
 State: a `RateLimitedLog` owns its per-key counters; an `AcceptErrorHandler` owns one of those
-and is installed on one loop by whoever made the loop (proxy/edge.py: `EdgeConfig`).
+and is installed on one loop by whoever made the loop (proxy/http/edge/protocol.py: `EdgeConfig`).
 """
 
 from __future__ import annotations

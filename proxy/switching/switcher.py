@@ -19,29 +19,31 @@ State machine of one GPU group (all transitions under the group's lock, one at a
                      back if the group has room (a killed target holds none); then every
                      waiter gets the 503
 
-Owns: one lock + reconciled event per group, one SingleFlight per model, the per-model
-waiting counts. Backends are changed only from here.
+Owns: one GpuGroup per GPU (its lock, reconciled event and phase live there), one
+SingleFlight per model, and the per-model `waiting` counts. It decides which switch runs and
+sets a target READY; the steps themselves (and the FAILED they may leave) are Transitions';
+start-up and the supervisor also write backend state (see backends/backend.py for the list).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping
 from functools import partial
 
 from proxy.backends import Backend, BackendState, Lease, WakeTimings
 from proxy.backends.backend import NO_SWITCH
+from proxy.backends.supervisor import Supervisor
+from proxy.clock import Clock, SystemClock
 from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
-from proxy.gate import SingleFlight
-from proxy.group import GpuGroup
-from proxy.metrics import LiveBackend, LiveGroup, Metrics
-from proxy.plan import Member, Plan, plan_switch
-from proxy.supervisor import Supervisor
-from proxy.transitions import Transitions
+from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
+from proxy.switching.group import GpuGroup
+from proxy.switching.plan import Member, Plan, plan_switch
+from proxy.switching.single_flight import SingleFlight
+from proxy.switching.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,9 @@ class Switcher:
         backends: Mapping[str, Backend],
         metrics: Metrics,
         supervisor: Supervisor,
+        clock: Clock | None = None,
     ) -> None:
+        self.clock = clock or SystemClock()
         self._supervisor = supervisor
         self._config = config
         self._metrics = metrics
@@ -62,9 +66,10 @@ class Switcher:
         by_gpu: dict[str, list[Backend]] = {}
         for b in backends.values():
             by_gpu.setdefault(b.config.gpu, []).append(b)
-        self._steps = Transitions(config.limits, metrics, supervisor)
+        self._steps = Transitions(config.limits, metrics, supervisor, self.clock)
         self._groups = {
-            g: GpuGroup(g, config.gpu(g).max_awake, members) for g, members in by_gpu.items()
+            g: GpuGroup(g, config.gpu(g).max_awake, members, self.clock)
+            for g, members in by_gpu.items()
         }
         self._flights = {
             name: SingleFlight(partial(self._switch_to, name), name=f"switch:{name}")
@@ -158,7 +163,7 @@ class Switcher:
 
     # ----- the switch ------------------------------------------------------------------------------
     async def _switch_to(self, name: str) -> WakeTimings:
-        flight_started = time.monotonic()
+        flight_started = self.clock.monotonic()
         target = self._backends[name]
         group = self.group_of(name)
         await group.reconciled.wait()
@@ -178,7 +183,7 @@ class Switcher:
                     "still hold GPU memory; restart it",
                     retry_after_s=self._limits.retry_after_s,
                 )
-            started = time.monotonic()
+            started = self.clock.monotonic()
             victims = "+".join(plan.victims) or "none"
             slept: list[Backend] = []
             try:
@@ -209,14 +214,16 @@ class Switcher:
                 raise
             finally:
                 group.enter(None)
-                self._metrics.switching_seconds.labels(group.name).inc(time.monotonic() - started)
+                self._metrics.switching_seconds.labels(group.name).inc(
+                    self.clock.monotonic() - started
+                )
             target.last = WakeTimings(sleep_ms=sleep_ms, wake_ms=wake_ms, warmup_ms=warmup_ms)
             target.set_state(BackendState.READY)
             self._metrics.switches.labels(victims, name, "ok").inc()
             self._metrics.switch_seconds.labels(victims, name).observe(
-                time.monotonic() - flight_started
+                self.clock.monotonic() - flight_started
             )
-            total_ms = round((time.monotonic() - started) * 1000, 1)
+            total_ms = round((self.clock.monotonic() - started) * 1000, 1)
             log.info(
                 "switched %s -> %s in %.0f ms (sleep %.0f, wake %.0f, warm-up %.0f)",
                 victims,
@@ -286,7 +293,7 @@ class Switcher:
             if group.lock.locked():
                 continue
             async with group.lock:
-                if not self._idle_for(b, time.monotonic(), ttl):  # re-check after the await
+                if not self._idle_for(b, self.clock.monotonic(), ttl):  # re-check after the await
                     continue
                 try:
                     await self._steps.put_to_sleep(b, group)
@@ -311,7 +318,7 @@ class Switcher:
             and now - b.last_used >= ttl
         )
 
-    # ----- used by start-up (proxy/startup.py), under the group's lock ------------------------
+    # ----- used by start-up (proxy/switching/startup.py), under the group's lock ------------------------
     async def sleep_now(self, backend: Backend) -> bool:
         """Put a backend without leases to sleep; False (and FAILED) if that failed."""
         return await self._steps.sleep_undrained(backend)

@@ -2,29 +2,34 @@
 warm-up), each bounded by its timeout, each turning any failure into a FAILED backend (with
 an honest `holds_memory`) and a BackendUnavailableError for the waiters.
 
-Stateless apart from the collaborators it is given: the Switcher decides *which* steps run
-and holds the group's lock around them; this module decides how one step runs and fails.
-Metrics of each step (sleep/wake/warm-up durations, wake failures) are recorded here.
+Holds no state of its own (only its collaborators), but it *writes backend state*: each step
+moves its backend (SLEEPING/ASLEEP, WAKING, via the supervisor STARTING), clears `draining` after
+a failed drain, and marks a backend FAILED with its `holds_memory`. The Switcher decides *which*
+steps run and holds the group's lock around them; this module decides how one step runs and
+fails. Metrics of each step (sleep/wake/warm-up durations, wake failures) are recorded here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from proxy.backends import Backend, ControlError
+from proxy.backends.supervisor import StartError, Supervisor
+from proxy.clock import Clock
 from proxy.config import LimitsConfig
 from proxy.errors import BackendUnavailableError
-from proxy.group import GpuGroup
-from proxy.metrics import Metrics
-from proxy.supervisor import StartError, Supervisor
+from proxy.observability.metrics import Metrics
+from proxy.switching.group import GpuGroup
 
 log = logging.getLogger(__name__)
 
 
 class Transitions:
-    def __init__(self, limits: LimitsConfig, metrics: Metrics, supervisor: Supervisor) -> None:
+    def __init__(
+        self, limits: LimitsConfig, metrics: Metrics, supervisor: Supervisor, clock: Clock
+    ) -> None:
+        self._clock = clock
         self._limits = limits
         self._metrics = metrics
         self._supervisor = supervisor
@@ -64,7 +69,7 @@ class Transitions:
         t = target.config.timeouts
         level = str(target.config.sleep_level)
         group.enter("waking", t.wake_s)
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(t.wake_s):
                 wake_ms = await target.wake()
@@ -78,7 +83,7 @@ class Transitions:
                 await self._supervisor.kill(target)  # only a dead process surely frees its memory
             raise self._unavailable(f"could not wake {target.name!r} ({reason})") from exc
         try:
-            async with asyncio.timeout(max(t.wake_s - (time.monotonic() - started), 0.001)):
+            async with asyncio.timeout(max(t.wake_s - (self._clock.monotonic() - started), 0.001)):
                 warmup_ms = await self._warm_up(target)
         except (TimeoutError, ControlError) as exc:
             self._metrics.wake_failures.labels(target.name, "warmup").inc()
@@ -93,7 +98,7 @@ class Transitions:
         Returns (start ms, warm-up ms)."""
         t = target.config.timeouts
         group.enter("starting", t.start_s)
-        started = time.monotonic()
+        started = self._clock.monotonic()
         try:
             async with asyncio.timeout(t.start_s):
                 await self._supervisor.start(target)
@@ -102,7 +107,7 @@ class Transitions:
             raise await self._abandon_start(
                 target, kind, f"start failed: {describe(exc, t.start_s)}"
             ) from exc
-        start_ms = (time.monotonic() - started) * 1000
+        start_ms = (self._clock.monotonic() - started) * 1000
         log.info("started %s in %.1f s", target.name, start_ms / 1000)
         group.enter("waking", t.wake_s)
         try:

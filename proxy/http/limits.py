@@ -1,7 +1,7 @@
 """HeaderLimitMiddleware: refuse oversized request heads with an OpenAI-style 431.
 
 Stateless. It counts exactly, once the head is complete; the HTTP server's protocol
-(proxy/edge.py) bounds an unfinished head at this limit plus a few KiB of raw bytes and answers
+(proxy/http/edge/protocol.py) bounds an unfinished head at this limit plus a few KiB of raw bytes and answers
 the same JSON 431 there, so a huge head is never buffered.
 """
 
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import HeadersTooLargeError
+from proxy.http.rendering import render_error
 
 
 class HeaderLimitMiddleware:
@@ -27,6 +28,6 @@ class HeaderLimitMiddleware:
             if size > self._max:
                 self._on_reject()
                 too_large = f"request line and headers are {size} bytes; the limit is {self._max}"
-                await HeadersTooLargeError(too_large).response()(scope, receive, send)
+                await render_error(HeadersTooLargeError(too_large))(scope, receive, send)
                 return
         await self._app(scope, receive, send)

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import httpx
 from starlette.responses import Response
 
-from proxy.errors import upstream_failure
-from proxy.forwarding import response_headers
+from proxy.http.forwarding import response_headers
+from proxy.http.rendering import upstream_failure
 
 MAX_ERROR_BYTES = 1 << 20
 _CODES = {404: "not_found", 405: "method_not_allowed"}

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError
+from proxy.http.rendering import render_error
 
 Handler = Callable[[Request, str], Awaitable[Response]]
 
@@ -39,7 +40,7 @@ class DirectRoutes:
                 try:
                     response = await handler(Request(scope, receive), path)
                 except ProxyError as exc:
-                    response = exc.response()
+                    response = render_error(exc)
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)

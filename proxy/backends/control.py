@@ -9,7 +9,6 @@ in flight is ever aborted. Timeouts are the caller's (`asyncio.timeout` around t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -108,7 +107,3 @@ class VllmControl:
                 {"model": model, "prompt": w.prompt, "max_tokens": w.max_tokens},
             )
         await self._call("POST", path, json=body)
-
-
-def elapsed_ms(since: float) -> float:
-    return round((time.monotonic() - since) * 1000, 3)

@@ -15,25 +15,25 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from proxy.backend_errors import error_response, is_error
 from proxy.backends import BackendState, WakeTimings
 from proxy.config import ModelConfig
-from proxy.disconnect import watching_client
 from proxy.errors import (
     BackendUnavailableError,
     ClientGoneError,
     ProxyError,
-    upstream_failure,
 )
-from proxy.forwarding import (
+from proxy.http.backend_errors import error_response, is_error
+from proxy.http.disconnect import watching_client
+from proxy.http.forwarding import (
     UpstreamResponse,
     parse_json_object,
     read_body,
     request_headers,
     with_model,
 )
-from proxy.requestlog import RequestRecord
-from proxy.routes import schemas
+from proxy.http.rendering import render_error, upstream_failure
+from proxy.http.routes import schemas
+from proxy.observability.requestlog import RequestRecord
 from proxy.services import Services
 
 router = APIRouter()
@@ -91,7 +91,7 @@ def _record(request: Request, endpoint: str) -> RequestRecord:
 def _refused(record: RequestRecord, exc: ProxyError) -> Response:
     """The proxy's own answer to a request it could not serve, recorded and carrying its id."""
     record.rejected(exc)
-    response = exc.response()
+    response = render_error(exc)
     response.headers["x-request-id"] = record.request_id
     return response
 
@@ -209,7 +209,7 @@ async def detokenize(request: Request) -> Response:
     return await forward_frontend_only(request, "/detokenize")
 
 
-# the same handlers, for DirectRoutes (proxy/routes/direct.py): the hot path skips the router
+# the same handlers, for DirectRoutes (proxy/http/routes/direct.py): the hot path skips the router
 FORWARDED = {
     **dict.fromkeys(
         ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"), forward

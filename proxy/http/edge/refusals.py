@@ -1,4 +1,4 @@
-"""What the inbound edge (proxy/edge.py) answers when it refuses a connection or a request
+"""What the inbound edge (proxy/http/edge/protocol.py) answers when it refuses a connection or a request
 itself: the errors, their bytes encoded once per server, and the settings they depend on;
 each refusal is counted and logged at most once per interval.
 
@@ -16,7 +16,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from proxy.config import LimitsConfig
 from proxy.errors import HeadersTooLargeError, InvalidRequestError, ProxyError
-from proxy.fdlimit import RateLimitedLog, connection_cap
+from proxy.http.edge.fdlimit import RateLimitedLog, connection_cap
 
 logger = logging.getLogger("vllm_switch.edge")
 
@@ -46,10 +46,12 @@ class TooManyConnectionsError(ProxyError):
 
 def encode(exc: ProxyError) -> bytes:
     """Everything of the answer to `exc` after the status line and uvicorn's default headers:
-    `exc.response()`'s headers and body (serialized there, once), plus `Connection: close`."""
-    response = exc.response()
-    headers = b"".join(b"%s: %s\r\n" % pair for pair in response.raw_headers)
-    return headers + b"connection: close\r\n\r\n" + bytes(response.body)
+    the proxy's headers, content type and length, and body (serialized once), plus
+    `Connection: close`."""
+    body = exc.encoded_body()
+    fields = {**exc.headers(), "content-length": str(len(body)), "content-type": "application/json"}
+    head = "".join(f"{name.lower()}: {value}\r\n" for name, value in fields.items()).encode()
+    return head + b"connection: close\r\n\r\n" + body
 
 
 @dataclass

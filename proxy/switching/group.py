@@ -9,16 +9,19 @@ member) and the phase. The Switcher and start-up take the lock and set the phase
 from __future__ import annotations
 
 import asyncio
-import time
 
 from proxy.backends import Backend
+from proxy.clock import Clock, SystemClock
 
 STUCK_GRACE_S = 60.0
 
 
 class GpuGroup:
-    def __init__(self, name: str, max_awake: int, members: list[Backend]) -> None:
+    def __init__(
+        self, name: str, max_awake: int, members: list[Backend], clock: Clock | None = None
+    ) -> None:
         self.name = name
+        self._clock = clock or SystemClock()
         self.max_awake = max_awake
         self.members = members
         self.lock = asyncio.Lock()
@@ -29,11 +32,11 @@ class GpuGroup:
         self._phase_limit_s = 0.0
 
     def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
-        self.phase, self._phase_since, self._phase_limit_s = phase, time.monotonic(), limit_s
+        self.phase, self._phase_since, self._phase_limit_s = phase, self._clock.monotonic(), limit_s
 
     @property
     def phase_s(self) -> float:
-        return time.monotonic() - self._phase_since if self.phase else 0.0
+        return self._clock.monotonic() - self._phase_since if self.phase else 0.0
 
     @property
     def stuck(self) -> bool:

@@ -25,16 +25,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from proxy.disconnect import Watch, watching_client
 from proxy.errors import (
     ClientGoneError,
     InvalidRequestError,
     PayloadTooLargeError,
     UpstreamUnreachableError,
     sse_error,
-    upstream_failure,
 )
-from proxy.http1 import is_field_value, is_token
+from proxy.http.disconnect import Watch, watching_client
+from proxy.http.rendering import render_error, upstream_failure
+from proxy.upstream.http1 import is_field_value, is_token
 
 # The client's headers a backend may see (ASGI servers give names in lower case). Whatever is
 # not listed stays here: credentials of every kind (Authorization, Proxy-Authorization,
@@ -355,7 +355,7 @@ class UpstreamResponse(Response):
         error = upstream_failure(f"backend {self._backend!r} broke its response body", exc)
         log.warning("%s", error.message)
         self._ended = (error.status_code, "upstream_failed")
-        failed = error.response()
+        failed = render_error(error)
         ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]
         headers = failed.raw_headers + ours
         await send(

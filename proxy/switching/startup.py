@@ -12,18 +12,20 @@ Per group, under its lock (so no request switches meanwhile; requests wait for `
   3. at most `max_awake` stay awake; extras are put to sleep while still UNKNOWN (no leases).
 
 Decisions are made before anything is READY, so no lease and no early waiter exists on a
-backend this start-up puts to sleep.
+backend this start-up puts to sleep. Stateless, but it writes backend state under each group's
+lock: STOPPED for lazy members, ASLEEP/READY from /is_sleeping, FAILED for a member that never
+answers; it sets the group's `reconciled` event when done, whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from proxy.backends import Backend, BackendState, ControlError
-from proxy.group import GpuGroup
-from proxy.switcher import Switcher
+from proxy.clock import Clock
+from proxy.switching.group import GpuGroup
+from proxy.switching.switcher import Switcher
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.25
@@ -49,7 +51,7 @@ async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
     for b in group.members:
         if b.config.supervised and b.config.start == "lazy":
             b.set_state(BackendState.STOPPED)
-    await asyncio.gather(*(_wait_up(b) for b in attached))
+    await asyncio.gather(*(_wait_up(b, switcher.clock) for b in attached))
     asleep: dict[str, bool] = {}
     for b in attached:
         if b.state is BackendState.UNKNOWN and (state := await _probe(b)) is not None:
@@ -72,11 +74,12 @@ async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
 
 
 async def _bootstrap(switcher: Switcher, group: GpuGroup, eager: list[Backend]) -> None:
-    began = time.monotonic()
+    clock = switcher.clock
+    began = clock.monotonic()
     for i, b in enumerate(eager, start=1):
         eta = ""
         if i > 1:
-            per = (time.monotonic() - began) / (i - 1)
+            per = (clock.monotonic() - began) / (i - 1)
             eta = f", about {per * (len(eager) - i + 1):.0f}s left"
         log.info("bootstrap %s: starting %s (%d/%d%s)", group.name, b.name, i, len(eager), eta)
         if not await switcher.start_now(b, group):
@@ -84,14 +87,14 @@ async def _bootstrap(switcher: Switcher, group: GpuGroup, eager: list[Backend]) 
         if i < len(eager):  # the next one needs the memory
             await switcher.sleep_now(b)
     if eager:
-        log.info("bootstrap %s: done in %.0fs", group.name, time.monotonic() - began)
+        log.info("bootstrap %s: done in %.0fs", group.name, clock.monotonic() - began)
 
 
-async def _wait_up(backend: Backend) -> None:
+async def _wait_up(backend: Backend, clock: Clock) -> None:
     """Poll /health until the backend is up. One that never comes up is FAILED and *may hold
     memory*: vLLM allocates GPU memory before it listens, so it blocks its group."""
     t = backend.config.timeouts
-    deadline = time.monotonic() + t.start_s
+    deadline = clock.monotonic() + t.start_s
     while True:
         try:
             async with asyncio.timeout(t.control_s):
@@ -99,7 +102,7 @@ async def _wait_up(backend: Backend) -> None:
                     return
         except TimeoutError:
             pass
-        if time.monotonic() > deadline:
+        if clock.monotonic() > deadline:
             backend.mark_failed(
                 f"not reachable within {t.start_s:g}s of start-up", holds_memory=True
             )

@@ -13,7 +13,7 @@ import time
 
 from proxy.backends.backend import NO_SWITCH, WakeTimings
 from proxy.errors import ProxyError
-from proxy.metrics import UNKNOWN_MODEL, Metrics
+from proxy.observability.metrics import UNKNOWN_MODEL, Metrics
 
 log = logging.getLogger("vllm_switch.requests")
 

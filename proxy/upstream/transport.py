@@ -4,7 +4,7 @@ asyncio protocols, plugged into httpx (callers keep httpx's Request, Response an
 Why not httpx's default transport: py-spy at 64 concurrent (docs/benchmarks.md) found httpcore's
 pool doing per-request work for every open connection and h11 parsing each SSE chunk through its
 event machinery. Here a pool event is O(1) (a stack of idle connections per backend), a request
-goes out in one write, and responses are parsed by llhttp as the bytes arrive (`proxy/http1.py`).
+goes out in one write, and responses are parsed by llhttp as the bytes arrive (`proxy/upstream/http1.py`).
 
 What keeps one client's answer from reaching another:
 - an idle connection that receives any byte (an unsolicited or late response) or EOF is closed at
@@ -39,7 +39,7 @@ from typing import cast
 
 import httpx
 
-from proxy.http1 import Head, ResponseParser, request_head
+from proxy.upstream.http1 import Head, ResponseParser, request_head
 
 HIGH_WATER = 256 * 1024  # body bytes waiting for the caller before reading pauses
 IDEMPOTENT = frozenset({"GET", "OPTIONS"})  # (never HEAD: its answer has no body to parse)

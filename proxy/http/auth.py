@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.config import AuthConfig
 from proxy.errors import UnauthorizedError
+from proxy.http.rendering import render_error
 
 CLIENT_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
 K = TypeVar("K")
@@ -63,9 +64,9 @@ class AuthMiddleware:
             if not _matches(given, keys):
                 self._on_reject(scope["path"])
                 why = "missing api key" if not given else "invalid api key"
-                response = UnauthorizedError(
-                    f"{why}: send 'Authorization: Bearer <key>'"
-                ).response()
+                response = render_error(
+                    UnauthorizedError(f"{why}: send 'Authorization: Bearer <key>'")
+                )
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return

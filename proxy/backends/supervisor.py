@@ -3,22 +3,26 @@
 Owns one ManagedProcess and one exit watcher per supervised backend, and the crash history that
 decides when - and whether - a crashed backend may start again (exponential backoff; more than
 `max_restarts` crashes within `window_s` and it stays FAILED until an operator restarts the
-proxy). Processes are started and killed only by the switcher, under their GPU group's lock, and
-stopped at shutdown. A watcher only records a crash: the backend becomes FAILED with its memory
-known to be free (its process is gone); the next request for it restarts it through a switch.
+proxy). Processes are started and killed only by switching/transitions.py, under their GPU
+group's lock, and stopped at shutdown.
+
+It also writes backend state: STARTING when it launches a process, holds_memory=False after a
+kill, STOPPED at shutdown, and - from the exit watcher, which does *not* take the group's lock -
+FAILED with its memory known to be free when a process dies (the next request for it restarts
+it through a switch). How a process is made (`launcher`) and the clock are injectable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from proxy.backends import Backend, BackendState
-from proxy.backends.process import ManagedProcess
-from proxy.metrics import Metrics
+from proxy.backends.process import ManagedProcess, Process
+from proxy.clock import Clock, SystemClock
+from proxy.config import ModelConfig
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.25
@@ -29,14 +33,19 @@ class StartError(Exception):
 
 
 class Supervisor:
-    def __init__(self, backends: Mapping[str, Backend], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        on_restart: Callable[[str], None] = lambda _name: None,
+        *,
+        clock: Clock | None = None,
+        launcher: Callable[[ModelConfig], Process] | None = None,
+    ) -> None:
         self._backends = backends
-        self._metrics = metrics
-        self._procs = {
-            b.name: ManagedProcess(b.name, b.config.command or (), b.config.env, b.config.log_file)
-            for b in backends.values()
-            if b.config.supervised
-        }
+        self._on_restart = on_restart  # counts a restart (the metrics' restarts counter)
+        self._clock = clock or SystemClock()
+        launch = launcher or _managed_process
+        self._procs = {b.name: launch(b.config) for b in backends.values() if b.config.supervised}
         self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
         self._not_before: dict[str, float] = {}
         self._watchers: set[asyncio.Task[None]] = set()
@@ -45,7 +54,7 @@ class Supervisor:
     def supervises(self, name: str) -> bool:
         return name in self._procs
 
-    def process(self, name: str) -> ManagedProcess | None:
+    def process(self, name: str) -> Process | None:
         return self._procs.get(name)
 
     def restarts(self, name: str) -> int:
@@ -58,7 +67,7 @@ class Supervisor:
         if backend.name not in self._procs:
             return None
         cfg = backend.config.restart
-        now = time.monotonic()
+        now = self._clock.monotonic()
         recent = [t for t in self._crashes[backend.name] if now - t <= cfg.window_s]
         if len(recent) > cfg.max_restarts:
             return None
@@ -70,7 +79,7 @@ class Supervisor:
         backend.set_state(BackendState.STARTING)
         self._starts[backend.name] += 1
         if self._starts[backend.name] > 1:
-            self._metrics.restarts.labels(backend.name).inc()
+            self._on_restart(backend.name)
         await proc.start()
         watcher = asyncio.create_task(self._watch(backend, proc), name=f"watch:{backend.name}")
         self._watchers.add(watcher)
@@ -83,11 +92,11 @@ class Supervisor:
                 )
             await asyncio.sleep(HEALTH_POLL_S)
 
-    async def _watch(self, backend: Backend, proc: ManagedProcess) -> None:
+    async def _watch(self, backend: Backend, proc: Process) -> None:
         code = await proc.wait()
         if proc.stopping:
             return
-        now = time.monotonic()
+        now = self._clock.monotonic()
         crashes = self._crashes[backend.name]
         crashes.append(now)
         cfg = backend.config.restart
@@ -116,7 +125,7 @@ class Supervisor:
         backend.holds_memory = False
 
     async def stop_all(self) -> None:
-        async def stop(backend: Backend, proc: ManagedProcess) -> None:
+        async def stop(backend: Backend, proc: Process) -> None:
             code = await proc.stop(backend.config.stop_grace_s)
             if code is not None:
                 log.info("stopped %s (exit %s)", backend.name, code)
@@ -132,3 +141,7 @@ class Supervisor:
         for w in list(self._watchers):
             w.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+
+
+def _managed_process(config: ModelConfig) -> Process:
+    return ManagedProcess(config.name, config.command or (), config.env, config.log_file)

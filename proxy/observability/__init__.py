@@ -1,0 +1,2 @@
+"""Observability: Prometheus metrics, the per-request record, log formatting, and the
+`vllm-switch status` view."""
