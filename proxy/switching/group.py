@@ -2,8 +2,9 @@
 memory on it, and the phase of the change running now (for /ready and /admin/status).
 
 Owns: the lock, the `reconciled` event (set once start-up has adopted or started every
-member) and the phase. The Switcher and start-up take the lock and set the phase; readers
-(routes, status) only read.
+member) and the phase. The switcher (switches, idle sleep) and start-up take the lock; under it,
+transitions set the phase of each step and the switcher clears it; start-up sets `reconciled`.
+Readers (routes, status, metrics) only read.
 """
 
 from __future__ import annotations
