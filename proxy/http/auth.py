@@ -6,7 +6,8 @@
     /health, /ready                 always open (probes)
 
 Keys are compared in constant time against every configured key, and never logged: the proxy
-drops the client's Authorization header before forwarding (backends get their own `api_key`).
+drops the client's Authorization header before forwarding (backends get their own `api_key`). State: the
+middleware's key lists, fixed when the app is built.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Log output: plain text (key=value extras appended) or one JSON object per line.
 
 Records carry structured fields through `extra=` (request_id, model, status, switch timings);
-both formatters print them, so a switch is one line with its breakdown either way.
+both formatters print them, so a switch is one line with its breakdown either way. Stateless
+(the formatters are configured once, by the CLI).
 """
 
 from __future__ import annotations

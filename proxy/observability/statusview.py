@@ -1,4 +1,4 @@
-"""`vllm-switch status`: fetch /admin/status from a running proxy and render it as tables."""
+"""`vllm-switch status`: fetch /admin/status from a running proxy and render it as tables. Stateless."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Operations surface: /health (liveness), /ready (readiness), /metrics, /admin/status."""
+"""Operations surface: /health (liveness), /ready (readiness), /metrics, /admin/status.
+
+Stateless: each handler reads the app's Services (backends, switcher, metrics) and changes nothing."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ Backend dev endpoints (/sleep, /wake_up, /collective_rpc, ...) have no route her
 unreachable through the proxy. Inference requests are forwarded only under a lease on a READY
 backend. /tokenize and /detokenize are answered by vLLM's front end even while it sleeps
 (verified on an H100 by the conformance suite), so they are forwarded without a switch.
+Stateless: a request's own state is its RequestRecord and its lease.
 """
 
 from __future__ import annotations
