@@ -1,4 +1,4 @@
-"""The `vllm-switch` command line: serve, demo, check-config, config-schema, emulate."""
+"""The `vllm-switch` command line: serve, demo, status, check-config, config-schema, emulate."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu/conformance.sh OUT_DIR
 #
-# Needs: vLLM 0.26.0 importable by python3 (e.g. PYTHONPATH from shared/gpu's offline bundle),
+# Needs: vLLM 0.26.0 importable by python3 (e.g. PYTHONPATH from the offline bundle, CONTRIBUTING.md#gpu-runs),
 # torch + transformers + tokenizers (for the random-weight checkpoint), pytest, pytest-asyncio,
 # pytest-timeout, httpx. Starts two servers of a random-weight Qwen3-0.6B-shape model served as
 # `tiny tiny-alias` with --max-model-len 512 (the shape of the recorded transcripts): one with

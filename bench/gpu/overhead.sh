@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu/overhead.sh OUT_DIR [overhead.py options...]
 #
-# Needs vLLM 0.26.0 importable by python3 (shared/gpu's offline bundle on PYTHONPATH), torch +
+# Needs vLLM 0.26.0 importable by python3 (the offline bundle on PYTHONPATH, CONTRIBUTING.md#gpu-runs), torch +
 # transformers + tokenizers for the random-weight checkpoint, and the proxy's dependencies.
 # One vLLM (random-weight Qwen3-0.6B shape, served as `bench-model`), then bench/overhead.py
 # with --backend-url: direct vs vllm-switch (LiteLLM only where its executable is given in

@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu/seed.sh OUT_DIR [UTIL_A UTIL_B]
 #
-# Needs vLLM 0.26.0 importable by python3 (e.g. the offline bundle from shared/gpu) plus torch,
+# Needs vLLM 0.26.0 importable by python3 (e.g. the offline bundle, CONTRIBUTING.md#gpu-runs) plus torch,
 # transformers, tokenizers. Makes random-weight checkpoints (Qwen3-0.6B shape and a ~2B shape;
 # pass real model directories via MODEL_A / MODEL_B instead), runs the switching phases, then the
 # reload baseline (which needs the GPU to itself), and writes OUT_DIR/seed.json.

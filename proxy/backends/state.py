@@ -10,7 +10,7 @@ Supervised backends (a `command` in the config) also have:
 
     STOPPED --start (own process group), /health, warm-up--> STARTING --> READY
     FAILED --restart after backoff (the process is dead: its memory is free)--> STARTING
-    any --proxy shutdown--> STOPPED
+    READY, ASLEEP, FAILED, STARTING --proxy shutdown--> STOPPED   (not mid-sleep or mid-wake)
 
 Who moves a backend from one state to another (the full list, with the fields, is in
 backend.py): the switching core under the GPU group's lock - the switcher and its transitions

@@ -19,7 +19,7 @@ import uvicorn
 
 from proxy.emulator.app import create_app
 from proxy.emulator.engine import Engine
-from proxy.emulator.ledger import GpuLedger
+from proxy.emulator.ledger import GpuLedger, LedgerDirError
 from proxy.emulator.metrics import EngineMetrics
 from proxy.emulator.protocol import VLLM_VERSION
 from proxy.emulator.settings import GIB, EmulatorSettings, parse_settings
@@ -69,12 +69,16 @@ async def _start_engine(settings: EmulatorSettings, ledger: GpuLedger) -> None:
 
 
 async def run(settings: EmulatorSettings, *, dev_mode: bool) -> int:
-    ledger = GpuLedger(
-        settings.ledger_dir,
-        settings.gpu_name,
-        settings.total_bytes,
-        label=settings.served_model_names[0],
-    )
+    try:
+        ledger = GpuLedger(
+            settings.ledger_dir,
+            settings.gpu_name,
+            settings.total_bytes,
+            label=settings.served_model_names[0],
+        )
+    except (LedgerDirError, OSError) as exc:  # one line, not a traceback
+        sys.stderr.write(f"vllm-switch emulate: {exc}\n")
+        return 1
     log.info("vLLM server version %s, serving model %s (emulated)", VLLM_VERSION, settings.model)
     try:
         await _start_engine(settings, ledger)
