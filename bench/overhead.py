@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.processes import cpu_seconds, machine, profiled, server, version, wait_ready  # noqa: E402
-from proxy.emulator.launcher import EmulatorProcess, spawn_emulator  # noqa: E402
+from proxy.emulator.launcher import EmulatorProcess, emulator_argv, spawn_emulator  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 MODEL = "bench-model"
@@ -69,22 +69,21 @@ class Samples:
 
 # ----- processes -----------------------------------------------------------------------------
 def emulator(work: Path, cpus: set[int] | None, ttft_ms: float, itl_ms: float) -> EmulatorProcess:
-    args = [
+    args = emulator_argv(
         MODEL,
-        "--served-model-name",
-        MODEL,
-        "--emu-timing",
-        "h100",
-        "--emu-startup-s",
-        "0",
-        "--max-model-len",
-        "4096",
-        "--emu-ttft-s",
-        str(ttft_ms / 1000),
-        "--emu-itl-s",
-        str(itl_ms / 1000),
-        "--emu-nodelay",  # evenly spaced chunks, so a proxy's own bunching would show
-    ]
+        sleep_mode=False,
+        ledger_dir=work / "ledger",
+        max_model_len=4096,
+        timing="h100",
+        startup_s=0,
+        extra=[
+            "--emu-ttft-s",
+            str(ttft_ms / 1000),
+            "--emu-itl-s",
+            str(itl_ms / 1000),
+            "--emu-nodelay",  # evenly spaced chunks, so a proxy's own bunching would show
+        ],
+    )
     emu = spawn_emulator(work, args, name=MODEL)
     if cpus:
         os.sched_setaffinity(emu.proc.pid, cpus)

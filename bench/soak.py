@@ -31,6 +31,8 @@ from typing import Any
 import httpx
 import yaml
 
+from proxy.emulator.launcher import emulate_command, emulator_argv
+
 MODELS = ("model-a", "model-b", "model-c")
 
 
@@ -93,34 +95,19 @@ def config(tmp: Path, log_level: str) -> tuple[dict[str, Any], dict[str, str]]:
                 "gpu": "g0",
                 "log_file": str(tmp / f"{name}.log"),
                 "restart": {"backoff_s": 0.5, "max_restarts": 1000},
-                "command": [
-                    sys.executable,
-                    "-m",
-                    "proxy",
-                    "emulate",
-                    name,
-                    "--served-model-name",
-                    name,
-                    "--port",
-                    str(port),
-                    "--enable-sleep-mode",
-                    "--gpu-memory-utilization",
-                    "0.45",
-                    "--emu-gpu",
-                    "soak",
-                    "--emu-gpu-memory-gib",
-                    "80",
-                    "--emu-ledger-dir",
-                    str(tmp / "ledger"),
-                    "--emu-timing",
-                    "instant",
-                    "--emu-itl-s",
-                    "0.001",
-                    "--emu-wake-weights-l1-s",
-                    "0.02",
-                    "--emu-startup-s",
-                    "0.2",
-                ],
+                "command": emulate_command(
+                    emulator_argv(
+                        name,
+                        ledger_dir=tmp / "ledger",
+                        port=port,
+                        gpu="soak",
+                        gpu_memory_gib=80,
+                        util=0.45,
+                        timing="instant",
+                        startup_s=0.2,
+                        extra=["--emu-itl-s", "0.001", "--emu-wake-weights-l1-s", "0.02"],
+                    )
+                ),
             }
         )
     cfg = {

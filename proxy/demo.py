@@ -20,7 +20,7 @@ import uvicorn
 from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig, WarmupConfig
-from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially
+from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, emulator_argv
 from proxy.http.edge.fdlimit import raise_open_file_limit
 from proxy.http.edge.listen import tcp_listener
 
@@ -58,31 +58,20 @@ Ctrl-C stops the proxy and both emulated vLLM servers.
 
 
 def bootstrap(workdir: Path) -> list[EmulatorProcess]:
-    ledger = workdir / "ledger"
     servers = [
         (
             name,
-            [
+            emulator_argv(
                 name,
-                "--served-model-name",
-                name,
-                alias,
-                "--enable-sleep-mode",
-                "--gpu-memory-utilization",
-                "0.55",
-                "--max-model-len",
-                "4096",
-                "--emu-gpu",
-                GPU,
-                "--emu-gpu-memory-gib",
-                "80",
-                "--emu-weights-gib",
-                str(weights),
-                "--emu-ledger-dir",
-                str(ledger),
-                "--emu-startup-s",
-                "0.5",
-            ],
+                served_names=(name, alias),
+                ledger_dir=workdir / "ledger",
+                gpu=GPU,
+                gpu_memory_gib=80,
+                util=0.55,
+                weights_gib=weights,
+                max_model_len=4096,
+                startup_s=0.5,
+            ),
         )
         for name, alias, weights, _ in MODELS
     ]

@@ -1,5 +1,9 @@
 """Start emulator processes (for the demo and the tests): kernel-chosen port, stop by PID.
 
+`emulator_argv` is the one place that writes an emulator's command line (the arguments after
+`vllm-switch emulate`): the demo, the tests and the benchmarks all build theirs with it, and
+`emulate_command` puts the interpreter in front for a config's `command`.
+
 `EmulatorProcess` owns one `vllm-switch emulate` child in its own process group and stops it by
 signalling that group (never by name). Readiness is the port file the emulator writes once its
 socket listens, so there is no port race.
@@ -18,6 +22,51 @@ from dataclasses import dataclass
 from pathlib import Path
 
 START_TIMEOUT_S = 30.0
+
+
+def emulator_argv(
+    model: str,
+    *,
+    ledger_dir: Path,
+    served_names: Sequence[str] = (),
+    sleep_mode: bool = True,
+    gpu: str | None = None,
+    gpu_memory_gib: float | None = None,
+    util: float | None = None,
+    weights_gib: float | None = None,
+    max_model_len: int | None = None,
+    timing: str | None = None,
+    startup_s: float | None = None,
+    port: int | None = None,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The arguments of `vllm-switch emulate` for one emulated server of `model`.
+
+    `served_names` defaults to `(model,)`; `ledger_dir` (where emulators sharing a fake GPU keep
+    its memory ledger) is required, so that nothing falls back to the user's default ledger.
+    Every other knob left at None is left out, so the emulator's own default applies. `timing`
+    is "h100" or "instant"; `extra` goes last (a later flag wins: it may override one above)."""
+    argv = [model, "--served-model-name", *(served_names or (model,))]
+    if sleep_mode:
+        argv.append("--enable-sleep-mode")
+    for flag, value in (
+        ("--gpu-memory-utilization", util),
+        ("--max-model-len", max_model_len),
+        ("--port", port),
+        ("--emu-gpu", gpu),
+        ("--emu-gpu-memory-gib", gpu_memory_gib),
+        ("--emu-weights-gib", weights_gib),
+        ("--emu-timing", timing),
+        ("--emu-startup-s", startup_s),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return [*argv, "--emu-ledger-dir", str(ledger_dir), *extra]
+
+
+def emulate_command(argv: Sequence[str]) -> list[str]:
+    """The full command that runs `vllm-switch emulate ARGV` with this interpreter."""
+    return [sys.executable, "-m", "proxy", "emulate", *argv]
 
 
 @dataclass
@@ -82,19 +131,9 @@ def spawn_emulator(
     if dev_mode:
         child_env["VLLM_SERVER_DEV_MODE"] = "1"
     child_env.update(env or {})
-    argv = [
-        sys.executable,
-        "-m",
-        "proxy",
-        "emulate",
-        *args,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--emu-port-file",
-        str(port_file),
-    ]
+    argv = emulate_command(
+        [*args, "--host", "127.0.0.1", "--port", str(port), "--emu-port-file", str(port_file)]
+    )
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
