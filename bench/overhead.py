@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.processes import cpu_seconds, machine, profiled, server, version, wait_ready  # noqa: E402
 from proxy.emulator.launcher import EmulatorProcess, emulator_argv, spawn_emulator  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.helpers.processes import free_port  # noqa: E402
 
 MODEL = "bench-model"
 KEY = "sk-bench-0123456789"  # both proxies check a client key, as deployed

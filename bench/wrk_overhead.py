@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.overhead import KEY, body, emulator, switch_argv  # noqa: E402
 from bench.processes import cpu_seconds, machine, server, version, wait_ready  # noqa: E402
-from tests.processes import free_port  # noqa: E402
+from tests.helpers.processes import free_port  # noqa: E402
 
 SCRIPT = """
 wrk.method = "POST"

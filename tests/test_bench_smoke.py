@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.processes import required_tool
+from tests.helpers.processes import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 

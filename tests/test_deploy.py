@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from proxy.config import load_config, parse_config
-from tests.processes import required_tool
+from tests.helpers.processes import required_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "deploy" / "docker-compose.yml"

@@ -12,23 +12,29 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.processes import running_emulator
+from proxy.emulator.launcher import emulator_argv
+from tests.conformance.target import API_KEY, Target, restore_awake
+from tests.helpers.processes import running_emulator
 
-API_KEY = os.environ.get("VLLM_SWITCH_TARGET_API_KEY", "sk-conformance")
-MODEL_ARGS = ["tiny", "--served-model-name", "tiny", "tiny-alias", "--max-model-len", "512"]
 
-
-@dataclass(frozen=True)
-class Target:
-    url: str
-    nodev_url: str
-    real: bool
+def tiny(ledger: Path, *, gpu: str, sleep_mode: bool, extra: tuple[str, ...] = ()) -> list[str]:
+    """The emulated counterpart of the real servers: `tiny` served as `tiny tiny-alias`."""
+    return emulator_argv(
+        "tiny",
+        served_names=("tiny", "tiny-alias"),
+        ledger_dir=ledger,
+        sleep_mode=sleep_mode,
+        gpu=gpu,
+        util=0.4,
+        max_model_len=512,
+        startup_s=0,
+        extra=extra,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -40,22 +46,12 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         )
         return
     work = tmp_path_factory.mktemp("conformance")
-    common = [
-        *MODEL_ARGS,
-        "--gpu-memory-utilization",
-        "0.4",
-        "--emu-startup-s",
-        "0",
-        "--emu-ledger-dir",
-        str(work / "ledger"),
-    ]
+    ledger = work / "ledger"
     with (
-        running_emulator(
-            work, [*common, "--enable-sleep-mode", "--emu-gpu", "gpu-dev"], name="dev"
-        ) as dev,
+        running_emulator(work, tiny(ledger, gpu="gpu-dev", sleep_mode=True), name="dev") as dev,
         running_emulator(
             work,
-            [*common, "--api-key", API_KEY, "--emu-gpu", "gpu-nodev"],
+            tiny(ledger, gpu="gpu-nodev", sleep_mode=False, extra=("--api-key", API_KEY)),
             name="nodev",
             dev_mode=False,
         ) as nodev,
@@ -76,17 +72,3 @@ async def client(target: Target) -> AsyncIterator[httpx.AsyncClient]:
         await restore_awake(c)
         yield c
         await restore_awake(c)
-
-
-async def restore_awake(c: httpx.AsyncClient) -> None:
-    """Whatever a test did, end fully awake with valid weights (staged wake is safe at any level)."""
-    if (await c.get("/is_sleeping")).json()["is_sleeping"]:
-        (await c.post("/wake_up", params={"tags": "weights"})).raise_for_status()
-        (await c.post("/collective_rpc", json={"method": "reload_weights"})).raise_for_status()
-        (await c.post("/wake_up", params={"tags": "kv_cache"})).raise_for_status()
-        (await c.post("/wake_up")).raise_for_status()  # resumes a level-0 pause too
-    assert (await c.get("/is_sleeping")).json() == {"is_sleeping": False}
-
-
-def transcripts_path() -> Path:
-    return Path(__file__).parent / "data" / "vllm026-transcripts.json"

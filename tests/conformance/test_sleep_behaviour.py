@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conformance.conftest import API_KEY, Target
+from tests.conformance.target import API_KEY, Target
 
 HANG_S = 1.5
 LONG = 400  # tokens: ~1 s of decoding on an H100 for a 0.6B model, and in the emulator

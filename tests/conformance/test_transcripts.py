@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conformance.compare import diff_response
-from tests.conformance.conftest import Target, transcripts_path
+from tests.conformance.target import Target, transcripts_path
 
 TRANSCRIPTS: list[dict[str, Any]] = json.loads(transcripts_path().read_text())
 NODEV_FROM = 53  # entries recorded without dev mode

@@ -8,8 +8,7 @@ import time
 
 import httpx
 
-from tests.emulator.conftest import Spawn
-from tests.processes import emulator_stats
+from tests.helpers.processes import Spawn, emulator_stats
 
 GIB = 1024**3
 SLEEPY = [

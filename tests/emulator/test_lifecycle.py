@@ -7,8 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.emulator.conftest import Spawn
-from tests.processes import emulator_stats, free_port
+from tests.helpers.processes import Spawn, emulator_stats, free_port
 
 HANG_S = 1.0
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "ignore_eos": True}

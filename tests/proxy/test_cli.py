@@ -12,8 +12,8 @@ import openai
 import pytest
 import yaml
 
-from tests.processes import alive, launched
-from tests.proxy.conftest import Fleet
+from tests.helpers.fleet import Fleet
+from tests.helpers.processes import alive, launched
 
 ROOT = Path(__file__).resolve().parents[2]
 

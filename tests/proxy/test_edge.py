@@ -1,5 +1,6 @@
-"""The inbound edge (proxy/http/edge/protocol.py, proxy/http/edge/fdlimit.py) over real loopback sockets: deadlines,
-caps and early rejections answered in OpenAI JSON, and the proxy up under idle-connection floods.
+"""The inbound edge (proxy/http/edge/protocol.py, proxy/http/edge/fdlimit.py) over real loopback
+sockets: deadlines, caps and early rejections answered in OpenAI JSON. (Floods and the open-file
+limit: tests/proxy/test_edge_floods.py; the parts that need no socket: test_edge_parts.py.)
 
 The backend of these proxies is a closed port: /health answers regardless (it is liveness)."""
 
@@ -7,82 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
-import json
-import logging
-import os
-import re
-import resource
 import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-import uvloop
-import yaml
-from uvicorn.protocols.http import httptools_impl
 
 from proxy.app import create_app
 from proxy.cli import uvicorn_config
 from proxy.config import ProxyConfig
-from proxy.http.edge.fdlimit import AcceptErrorHandler, RateLimitedLog, connection_cap
-from proxy.http.edge.protocol import UVICORN_ATTRIBUTES, EdgeProtocol
-from tests.processes import free_port
-from tests.proxy.conftest import serve_proxy
-
-HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-HEALTH_CLOSE = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+from tests.helpers.processes import free_port
+from tests.helpers.proxy_server import serve_proxy
+from tests.helpers.raw_http import HEALTH, HEALTH_CLOSE, closed, openai_error, parse, until_closed
 
 
 def edge_config(**limits: Any) -> ProxyConfig:
     url = f"http://127.0.0.1:{free_port()}"
     return ProxyConfig.model_validate({"models": [{"name": "m", "url": url}], "limits": limits})
-
-
-def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers, body
-
-
-def openai_error(raw: bytes, status: int, code: str) -> dict[str, Any]:
-    """The one response in `raw`: `status`, an OpenAI error body with `code`, Connection: close."""
-    got, headers, body = parse(raw)
-    assert got == status, raw[:300]
-    assert headers["content-type"] == "application/json"
-    assert headers["connection"] == "close"
-    assert int(headers["content-length"]) == len(body), "exactly one response, then EOF"
-    error: dict[str, Any] = json.loads(body)["error"]
-    assert error["code"] == code
-    assert error["type"] in ("invalid_request_error", "server_error")
-    return error
-
-
-async def until_closed(port: int, *chunks: bytes, deadline_s: float = 10) -> bytes:
-    """Connect, send `chunks`, return all the server sends until it closes (within the deadline)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for chunk in chunks:
-            writer.write(chunk)
-            await writer.drain()
-        async with asyncio.timeout(deadline_s):
-            return await reader.read()  # to EOF
-    finally:
-        await closed(writer)
-
-
-async def closed(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
 
 
 def port_of(url: str) -> int:
@@ -199,269 +142,6 @@ async def test_upgrade_is_answered_as_plain_http_and_never_parses_the_rest() -> 
     assert (status, headers["connection"], body) == (200, "close", b'{"status":"ok"}')
     assert "upgrade" in openai_error(refused, 400, "invalid_request")["message"]
     assert b'"object":"list"' not in refused, "the body was never run as a request"
-
-
-def test_what_the_edge_relies_on_in_uvicorn_is_still_there() -> None:
-    """proxy/http/edge/protocol.py subclasses uvicorn 0.54's HttpToolsProtocol: if these move, it breaks."""
-    protocol_init = inspect.getsource(httptools_impl.HttpToolsProtocol.__init__)
-    cycle_init = inspect.getsource(httptools_impl.RequestResponseCycle.__init__)
-    for name in UVICORN_ATTRIBUTES["protocol"]:
-        assert re.search(rf"self\.{name}\b[^=\n]*=", protocol_init), name
-    for name in UVICORN_ATTRIBUTES["protocol_methods"]:
-        assert callable(getattr(httptools_impl.HttpToolsProtocol, name)), name
-    for name in UVICORN_ATTRIBUTES["cycle"]:
-        assert re.search(rf"self\.{name}\b[^=\n]*=", cycle_init), name
-    # the body deadline learns that the app waits for more through FlowControl.resume_reading
-    assert "self.flow.resume_reading()" in inspect.getsource(
-        httptools_impl.RequestResponseCycle.receive
-    )
-    # uvicorn writes its framing-error answer only through send_400_response
-    data_received = inspect.getsource(httptools_impl.HttpToolsProtocol.data_received)
-    assert "self.send_400_response(msg)" in data_received
-    assert EdgeProtocol.send_400_response is not httptools_impl.HttpToolsProtocol.send_400_response
-    config = uvicorn_config(create_app(edge_config()), edge_config(), "warning", grace_s=1)
-    config.load()
-    assert config.http_protocol_class is EdgeProtocol
-    assert not config.proxy_headers, "no X-Forwarded-For rewriting of the client's address"
-    new_loop = config.get_loop_factory()
-    assert new_loop is not None
-    loop = new_loop()
-    try:
-        assert isinstance(loop, uvloop.Loop)
-        assert isinstance(loop.get_exception_handler(), AcceptErrorHandler)
-    finally:
-        loop.close()
-
-
-def test_connection_cap_leaves_room_for_an_upstream_connection_each() -> None:
-    assert connection_cap(4096, 1024) == 480
-    assert connection_cap(4096, 1 << 20) == 4096
-    assert connection_cap(100, 1024) == 100
-
-
-def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    code = (
-        "import logging, resource; from proxy.http.edge.fdlimit import raise_open_file_limit; "
-        "print(*raise_open_file_limit(logging.getLogger()), "
-        "resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert done.stdout.split() == ["256", str(hard), str(hard)]
-
-
-def test_rate_limited_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFixture) -> None:
-    now = [0.0]
-    limited = RateLimitedLog(logging.getLogger("t"), interval_s=10, clock=lambda: now[0])
-    for t in (0, 1, 2, 9.9, 10.5, 11, 30):
-        now[0] = t
-        limited.warning("k", "accept failed")
-    limited.warning("other", "another kind")
-    assert [r.getMessage() for r in caplog.records] == [
-        "accept failed",
-        "accept failed (3 more like it since the last such line, 10 s ago)",
-        "accept failed (1 more like it since the last such line, 20 s ago)",
-        "another kind",
-    ]
-
-
-ACCEPT_STORM = """
-import asyncio, logging, resource, sys
-from proxy.http.edge.fdlimit import AcceptErrorHandler, RateLimitedLog
-logging.basicConfig(level=logging.WARNING, format="%(message)s")
-async def main():
-    loop = asyncio.get_running_loop()
-    AcceptErrorHandler(RateLimitedLog(logging.getLogger("edge"), interval_s=0.5)).install(loop)
-    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, backlog=1024)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (48, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-    await asyncio.sleep(3)  # the window in which the loop keeps failing to accept
-asyncio.run(main())
-"""
-
-
-def test_accept_errors_are_logged_once_per_interval(tmp_path: Path) -> None:
-    """asyncio's loop reports each failed accept() (thousands a second at the fd limit): the
-    handler turns that into one line per interval with a count."""
-    log = tmp_path / "storm.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", ACCEPT_STORM], stdout=subprocess.PIPE, stderr=err
-        )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline())
-        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(200)]
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-    for c in clients:
-        c.close()
-    lines = log.read_text().splitlines()
-    counted = [line for line in lines if "more like it" in line]
-    assert lines, "the accept errors were reported"
-    assert all(line.startswith("cannot accept connections: Too many open files") for line in lines)
-    assert len(lines) <= 10, f"{len(lines)} lines in 3 s: not once per 0.5 s"
-    assert sum(int(line.split("(")[-1].split()[0]) for line in counted) > 100
-
-
-@contextmanager
-def served(tmp_path: Path, nofile: int | None = None) -> Iterator[tuple[int, Path]]:
-    """`vllm-switch serve` in its own process (uvloop, as deployed); yields its port and log."""
-    config = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "models": [{"name": "m", "url": f"http://127.0.0.1:{free_port()}"}],
-    }
-    path, log = tmp_path / "config.yaml", tmp_path / "serve.log"
-    path.write_text(yaml.safe_dump(config))
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            preexec_fn=limit,
-        )
-    try:
-        assert proc.stdout is not None
-        yield int(proc.stdout.readline().split(b":")[-1]), log
-    finally:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def enough_descriptors(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed <= hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
-    elif hard < needed:
-        if os.environ.get("CI"):
-            pytest.fail(f"this test needs {needed} open files; the hard limit is {hard}")
-        pytest.skip(f"needs {needed} open files; the hard limit is {hard}")
-
-
-async def probe(client: httpx.AsyncClient, path: str) -> float:
-    started = time.monotonic()
-    r = await client.get(path)
-    assert r.status_code in ((200,) if path == "/health" else (200, 503)), r.text
-    assert r.json()
-    return time.monotonic() - started
-
-
-async def test_slowloris_idle_and_slow_header_connections(tmp_path: Path) -> None:
-    """The issue's numbers: 1,500 idle + 200 slow-header connections (a header byte a second).
-    /health and /ready answer within 1 s while they are held, and the default head deadline
-    closes at least 90 % of them within 45 s, each with a 408."""
-    enough_descriptors(4096)
-    with served(tmp_path) as (port, log):
-        started = time.monotonic()
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(1500)]
-        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(200)]
-
-        async def slow_header(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-            head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
-            for byte in head:
-                try:
-                    writer.write(bytes([byte]))
-                    return await asyncio.wait_for(reader.read(), 1.0)  # a byte a second
-                except TimeoutError:
-                    continue
-                except ConnectionError:
-                    return b""
-            return b"(never closed)"
-
-        async def until_eof(reader: asyncio.StreamReader) -> bytes:
-            try:
-                return await reader.read()
-            except ConnectionError:
-                return b""
-
-        waiting = [asyncio.ensure_future(until_eof(r)) for r, _ in idle]
-        waiting += [asyncio.ensure_future(slow_header(r, w)) for r, w in slow]
-        limits = httpx.Limits(max_keepalive_connections=0)  # a new connection per probe
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as c:
-            latencies = []
-            while time.monotonic() - started < 10:  # the connections are held ~15 s
-                latencies += [await probe(c, "/health"), await probe(c, "/ready")]
-                await asyncio.sleep(0.2)  # the probes' own pace
-            assert not any(w.done() for w in waiting), "all connections still held"
-        done, _ = await asyncio.wait(waiting, timeout=45 - (time.monotonic() - started))
-        finished = [t.result() for t in done]
-        for _, w in idle + slow:
-            await closed(w)
-    assert max(latencies) < 1, f"slowest probe {max(latencies):.3f} s"
-    assert len(finished) >= 0.9 * 1700, f"{len(finished)} of 1,700 closed within 45 s"
-    assert sum(raw.startswith(b"HTTP/1.1 408 ") for raw in finished) >= 0.9 * 1700
-    assert log.stat().st_size < 100_000
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """What the server sent until it closed. A connection it refused while 1,100 others lingered
-    is closed at once, and the request's unread bytes then make its kernel send a reset, after
-    the answer: what came before the reset still counts (Linux delivers it first)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        assert data, "reset before any answer"
-    return data
-
-
-def test_at_the_open_file_limit_new_connections_get_503_and_the_proxy_recovers(
-    tmp_path: Path,
-) -> None:
-    """1,100 idle connections to a proxy under a 1,024 open-file limit (systemd's default):
-    it holds (1024 - 64) / 2 = 480, answers each further one 503 in JSON, logs a few lines,
-    and serves /health again once they are gone."""
-    enough_descriptors(4096)
-    with served(tmp_path, nofile=1024) as (port, log):
-        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(480)]
-        more = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(620)]
-        answers = [read_all(s) for s in more]
-        health = []
-        for _ in range(3):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(HEALTH)
-                health.append(read_all(s))
-        for s in held:
-            s.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                s.recv(1)  # still held: nothing was sent, the connection is open
-        for s in held + more:
-            s.close()
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(HEALTH_CLOSE)
-                if (after := read_all(s)).startswith(b"HTTP/1.1 200 "):
-                    break
-            assert time.monotonic() < deadline, after
-    for raw in answers + health:
-        assert "maximum of 480" in openai_error(raw, 503, "too_many_connections")["message"]
-        assert parse(raw)[1]["retry-after"] == "5"
-    text = log.read_text()
-    assert "open-file limit: 1024 (was 1024, hard limit 1024)" in text
-    assert "connection cap lowered to 480" in text
-    assert log.stat().st_size < 100_000
 
 
 async def test_an_endless_trailer_section_is_refused_before_it_grows() -> None:

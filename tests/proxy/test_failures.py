@@ -8,8 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import free_port
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.processes import free_port
+from tests.helpers.proxy_server import serve_proxy
 
 MODELS: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b"}]
 

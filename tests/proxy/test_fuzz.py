@@ -23,8 +23,8 @@ from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from proxy.emulator.launcher import bootstrap_sequentially
-from tests.processes import emulator_stats, launched
-from tests.proxy.conftest import emu_args
+from tests.helpers.fleet import emulator_args
+from tests.helpers.processes import emulator_stats, launched
 
 KEY = "sk-fuzz-0123456789"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -33,7 +33,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[schemathesis.BaseSchema]:
     work = tmp_path_factory.mktemp("fuzz")
-    servers = [(n, emu_args(n, work / "ledger")) for n in ("model-a", "model-b")]
+    servers = [(n, emulator_args(n, work / "ledger")) for n in ("model-a", "model-b")]
     emulators = bootstrap_sequentially(work, servers)
     try:
         config = {

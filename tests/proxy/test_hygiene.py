@@ -4,12 +4,13 @@ Toward a backend: only the allow-list of the client's headers, never a credentia
 client's framing. Toward a client: no hop-by-hop or `Connection`-listed header, Content-Length
 only for a body framed by it, only header bytes uvicorn can send, a cut stream ended by a clean
 error event. A body that is not UTF-8 JSON, or holds a lone surrogate anywhere, is a 400 OpenAI
-error, and the proxy serves the next request. (Redirects, CORS, 500s: test_security.py.)
+error, and the proxy serves the next request. (Redirects, CORS, 500s: test_security.py;
+`response_headers` alone: test_response_headers.py.)
 
-The backend is `Recorder`, a raw-socket stand-in for vLLM in the test's event loop: it answers
-the proxy's start-up calls (`/health`, `/is_sleeping`) and records the head and body of every
-other request, answering it with the next scripted reply. The response-edge tests run behind
-both upstream parsers the proxy uses: its own (llhttp) and httpx's default (h11, the one an
+The backend is `Recorder` (tests/helpers/recorder.py), a raw-socket stand-in for vLLM in the
+test's event loop: it answers the proxy's start-up calls and records every other request,
+answering it with the next scripted reply. The response-edge tests run behind both upstream
+parsers the proxy uses: its own (llhttp) and httpx's default (h11, the one an
 `https://` backend gets), which lets through more (control bytes in values, both framings).
 """
 
@@ -18,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -31,94 +30,11 @@ from hypothesis import strategies as st
 
 from proxy.app import create_app
 from proxy.config import ProxyConfig
-from proxy.errors import UpstreamUnreachableError
-from proxy.http.forwarding import response_headers
-from tests.proxy.conftest import RunningProxy, chat, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.proxy_server import RunningProxy, serve_proxy
+from tests.helpers.recorder import COMPLETION, Recorder, reply
 
 BACKEND_KEY = "sk-backend-key-0123"
-COMPLETION = b'{"id":"c-1","object":"chat.completion","choices":[]}'
-CONTROL = {b"/health": b"", b"/is_sleeping": b'{"is_sleeping":false}'}
-
-
-def reply(body: bytes = COMPLETION, *headers: bytes, status: bytes = b"200 OK") -> bytes:
-    """A Content-Length-framed answer with extra raw header lines."""
-    lines = [b"HTTP/1.1 " + status, b"content-type: application/json", *headers]
-    lines.append(b"content-length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-@dataclass
-class Seen:
-    target: bytes
-    head: bytes  # request line and headers, as received
-    headers: list[tuple[bytes, bytes]]  # names lower-cased
-    body: bytes
-
-    def get(self, name: bytes) -> list[bytes]:
-        return [v for k, v in self.headers if k == name]
-
-
-class Recorder:
-    """A vLLM stand-in on 127.0.0.1; owns its server, `seen` and `replies` (tests read `seen`
-    and append to `replies` before the request that takes one)."""
-
-    def __init__(self) -> None:
-        self.seen: list[Seen] = []
-        self.replies: deque[bytes] = deque()
-        self.url = ""
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def __aenter__(self) -> Recorder:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head[:-4].split(b"\r\n")
-                target = lines[0].split(b" ")[1]
-                fields = [line.partition(b":") for line in lines[1:]]
-                headers = [(n.strip().lower(), v.strip()) for n, _, v in fields]
-                body = await _body(reader, dict(headers))
-                if target in CONTROL:
-                    answer = reply(CONTROL[target])
-                else:
-                    self.seen.append(Seen(target, head, headers, body))
-                    answer = self.replies.popleft() if self.replies else reply()
-                writer.write(answer)
-                await writer.drain()
-                if b"close" in dict(headers).get(b"connection", b"").lower():
-                    break
-                if b"\r\nconnection: close\r\n" in answer.split(b"\r\n\r\n")[0].lower() + b"\r\n":
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            self._tasks.discard(task)
-
-
-async def _body(reader: asyncio.StreamReader, headers: dict[bytes, bytes]) -> bytes:
-    if b"content-length" in headers:
-        return await reader.readexactly(int(headers[b"content-length"]))
-    if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
-        return b""
-    data = bytearray()
-    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-        data += (await reader.readexactly(size + 2))[:-2]
-    await reader.readuntil(b"\r\n")
-    return bytes(data)
 
 
 def one_model(url: str) -> ProxyConfig:
@@ -337,55 +253,6 @@ async def test_a_stream_cut_inside_an_event_still_ends_with_a_clean_error_event(
     assert json.loads(events[-2])["error"]["code"] == "upstream_unreachable"
     assert events[-1] == b"[DONE]"
     assert (after.status_code, after.content) == (200, COMPLETION)
-
-
-def _upstream(status: int, *headers: tuple[bytes, bytes]) -> httpx.Response:
-    return httpx.Response(status, headers=list(headers))
-
-
-CL, TE, CONN = b"Content-Length", b"Transfer-Encoding", b"Connection"
-HEADER_CASES = {  # status, the backend's headers -> what the client gets
-    "chunked-drops-length": (200, [(CL, b"5"), (TE, b"chunked")], []),
-    "length-framed-keeps-it": (200, [(CL, b"5")], [(b"content-length", b"5")]),
-    "duplicate-length-once": (200, [(CL, b"5"), (CL, b"5")], [(b"content-length", b"5")]),
-    "304-drops-length": (304, [(CL, b"5")], []),
-    "204-drops-length": (204, [(CL, b"0")], []),
-    "connection-names-length": (200, [(CL, b"5"), (CONN, b"content-length")], []),
-    "connection-names-headers": (
-        200,
-        [(CONN, b"close, X-A"), (b"X-A", b"1"), (b"x-b", b"2")],
-        [(b"x-b", b"2")],
-    ),
-    "optional-whitespace-stripped": (200, [(b"X-A", b"\t 1 2 \t")], [(b"x-a", b"1 2")]),
-    "obs-text-kept": (200, [(b"X-A", b"caf\xc3\xa9 \xff")], [(b"x-a", b"caf\xc3\xa9 \xff")]),
-}
-
-
-@pytest.mark.parametrize(
-    ("status", "given", "expected"), HEADER_CASES.values(), ids=list(HEADER_CASES)
-)
-def test_response_headers(
-    status: int, given: list[tuple[bytes, bytes]], expected: list[tuple[bytes, bytes]]
-) -> None:
-    assert response_headers(_upstream(status, *given), {}, "m") == expected
-
-
-@pytest.mark.parametrize(
-    "header",
-    [
-        (b"X-A", b"a\x00b"),
-        (b"X-A", b"a\rb"),
-        (b"X-A", b"a\nSet-Cookie: x=1"),
-        (b"X-A", b"a\x01b"),
-        (b"X-A", b"\x7f"),
-        (b"X A", b"1"),
-        (b"X(A)", b"1"),
-        (b"X-\xc3\xa9", b"1"),
-    ],
-)
-def test_response_headers_refuse_what_cannot_be_sent(header: tuple[bytes, bytes]) -> None:
-    with pytest.raises(UpstreamUnreachableError, match="invalid response header"):
-        response_headers(_upstream(200, header), {}, "m")
 
 
 # --- bodies -------------------------------------------------------------------------------

@@ -17,8 +17,10 @@ from proxy.observability.logs import JsonFormatter, PlainFormatter
 from proxy.observability.statusview import render, run_status
 from proxy.services import Services
 from proxy.switching.group import STUCK_GRACE_S
-from tests.processes import free_port
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.processes import free_port
+from tests.helpers.proxy_server import serve_proxy
 
 MODELS = [{"name": "model-a"}, {"name": "model-b"}]
 

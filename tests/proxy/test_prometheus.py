@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.processes import free_port, required_tool
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.processes import free_port, required_tool
+from tests.helpers.proxy_server import serve_proxy
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "vllm-switch.json"

@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.proxy_server import serve_proxy
 
 MODELS = ("model-a", "model-b", "model-c")
 OPS = 60

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.proxy.conftest import Fleet, config_for, serve_proxy
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.proxy_server import serve_proxy
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 

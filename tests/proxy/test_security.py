@@ -10,7 +10,9 @@ import pytest
 
 from proxy.config import ConfigError, parse_config
 from proxy.services import Services
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.proxy_server import serve_proxy
 
 CLIENT, ADMIN, BACKEND = "sk-client-0123", "sk-admin-0123", "sk-backend-0123"
 

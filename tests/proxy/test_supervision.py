@@ -12,41 +12,21 @@ from typing import Any
 import httpx
 
 from proxy.config import ProxyConfig
-from tests.processes import alive, free_port
-from tests.proxy.conftest import RunningProxy, chat, serve_proxy
+from proxy.emulator.launcher import emulate_command
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import GPU, emulator_args
+from tests.helpers.processes import alive, free_port
+from tests.helpers.proxy_server import RunningProxy, serve_proxy
 
 
 def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
     """A model whose backend the proxy starts: an emulator that fits the GPU only alone."""
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "proxy",
-        "emulate",
-        name,
-        "--served-model-name",
-        name,
-        "--port",
-        str(port),
-        "--enable-sleep-mode",
-        "--gpu-memory-utilization",
-        "0.55",
-        "--emu-gpu",
-        "g0",
-        "--emu-gpu-memory-gib",
-        "80",
-        "--emu-ledger-dir",
-        str(tmp / "ledger"),
-        "--emu-timing",
-        "instant",
-        "--emu-startup-s",
-        "0.3",
-    ]
+    command = emulate_command(emulator_args(name, tmp / "ledger", port=port, startup_s=0.3))
     return {
         "name": name,
         "url": f"http://127.0.0.1:{port}",
-        "gpu": "g0",
+        "gpu": GPU,
         "command": command,
         "log_file": str(tmp / f"{name}.log"),
         "timeouts": {"start_s": 30},
@@ -55,13 +35,13 @@ def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
 
 
 def config(*models: dict[str, Any]) -> ProxyConfig:
-    return ProxyConfig.model_validate({"models": list(models), "gpus": [{"name": "g0"}]})
+    return ProxyConfig.model_validate({"models": list(models), "gpus": [{"name": GPU}]})
 
 
 def ledger(tmp: Path) -> dict[str, Any]:
     import json
 
-    data: dict[str, Any] = json.loads((tmp / "ledger" / "g0.json").read_text())
+    data: dict[str, Any] = json.loads((tmp / "ledger" / f"{GPU}.json").read_text())
     return data
 
 

@@ -10,7 +10,9 @@ import httpx
 import openai
 import pytest
 
-from tests.proxy.conftest import Fleet, chat, config_for, serve_proxy
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for, emulator_args
+from tests.helpers.proxy_server import serve_proxy
 
 
 def sdk(url: str) -> openai.AsyncOpenAI:
@@ -155,9 +157,7 @@ async def test_startup_adopts_backends_and_sleeps_the_extra(fleet: Fleet) -> Non
 
 def _big_gpu(fleet: Fleet, name: str, util: float = 0.4) -> list[str]:
     """Room for every model awake at once: only the config's max_awake limits them."""
-    from tests.proxy.conftest import emu_args
-
-    return emu_args(name, fleet.ledger_dir, util=util)
+    return emulator_args(name, fleet.ledger_dir, util=util)
 
 
 @pytest.mark.parametrize("max_awake", [2])

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from proxy.upstream.transport import UpstreamTransport, upstream_transport
-from tests.processes import free_port
+from tests.helpers.processes import free_port
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=30)

@@ -1,5 +1,6 @@
-"""The proxy's upstream edge end to end, against a misbehaving backend (tests/misbehaving.py):
-the proxy under uvicorn in the test's loop, real sockets on loopback.
+"""The proxy's upstream edge end to end, against a misbehaving backend
+(tests/helpers/misbehaving.py): the proxy under uvicorn in the test's loop, real sockets on
+loopback.
 
 No answer ever reaches the wrong client; every malformed response is a clean 502 (mid-stream:
 an SSE error event and `[DONE]`) with the proxy healthy and the bad connection closed; bodies
@@ -22,7 +23,7 @@ import httpx
 import pytest
 
 from proxy.config import ProxyConfig
-from tests.misbehaving import (
+from tests.helpers.misbehaving import (
     Misbehaving,
     Plan,
     close,
@@ -35,7 +36,7 @@ from tests.misbehaving import (
     signal,
     wait,
 )
-from tests.proxy.conftest import serve_proxy
+from tests.helpers.proxy_server import serve_proxy
 
 MIB = 1 << 20
 CHAT = "/v1/chat/completions"

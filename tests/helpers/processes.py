@@ -1,4 +1,5 @@
-"""Test helpers around real emulator processes (the launcher lives in the package)."""
+"""Test helpers around real processes: emulators (the launcher lives in the package), the CLI as a
+subprocess (`launched`), free loopback ports, liveness by PID and the external tools a test needs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from proxy.emulator.launcher import EmulatorProcess, running_emulator, spawn_emu
 
 __all__ = [
     "EmulatorProcess",
+    "Spawn",
     "alive",
     "emulator_stats",
     "free_port",
@@ -29,6 +31,9 @@ __all__ = [
     "running_emulator",
     "spawn_emulator",
 ]
+
+# the `spawn` fixture of tests/emulator/conftest.py
+Spawn = Callable[..., EmulatorProcess]
 
 
 def emulator_stats(url: str) -> dict[str, object]:

@@ -1,0 +1,1 @@
+"""Importable test helpers (fixtures and hooks stay in the conftest.py files)."""
