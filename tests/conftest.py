@@ -1,10 +1,35 @@
-"""Hooks for the whole suite."""
+"""Hooks for the whole suite: the `process` marker, and the guard that keeps it honest.
+
+A test carries `process` when it starts a real process or serves on a socket (the proxy under
+uvicorn, emulators, node, prometheus, the CLI as a subprocess, a loopback backend). It gets the
+marker in one of three ways:
+  - it uses a fixture of PROCESS_FIXTURES (marked here, at collection);
+  - its module says `pytestmark = pytest.mark.process` (every test of it starts something);
+  - it says `@pytest.mark.process` itself (a module that mixes both kinds).
+Every test without the marker runs under a guard: starting a subprocess (`subprocess.Popen`,
+`asyncio.create_subprocess_*`, `os.fork`, `os.posix_spawn*`) or listening on a socket fails it at
+once, naming the marker. So `pytest -m "not process"` (the fast loop) cannot start one unseen.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+from collections.abc import Callable, Generator
+from typing import Any, NoReturn
 
 import pytest
+
+# fixtures that start processes or servers (each where it is defined)
+PROCESS_FIXTURES = frozenset(
+    {
+        "fleet",  # tests/proxy/conftest.py: emulators on a fake GPU
+        "spawn",  # tests/emulator/conftest.py: emulators
+        "target",  # tests/conformance/conftest.py: two emulators (or a real vLLM)
+    }
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -13,3 +38,43 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # self-pipe fails a later test as an unraisable ResourceWarning. Saying "no loop" up front
     # makes that call raise RuntimeError, which looptime expects (pytest-asyncio sets its own).
     asyncio.set_event_loop(None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.process)
+
+
+def _refuse(item: pytest.Item, what: str) -> Callable[..., NoReturn]:
+    def refused(*_: Any, **__: Any) -> NoReturn:
+        pytest.fail(
+            f"{item.nodeid} {what} but is not marked `process`: mark it "
+            "(@pytest.mark.process, or pytestmark in its module), or use a fake"
+        )
+
+    return refused
+
+
+GUARDED: tuple[tuple[object, str, str], ...] = (
+    (subprocess.Popen, "__init__", "starts a subprocess"),
+    (asyncio, "create_subprocess_exec", "starts a subprocess"),
+    (asyncio, "create_subprocess_shell", "starts a subprocess"),
+    (os, "fork", "forks"),
+    (os, "posix_spawn", "spawns a process"),
+    (os, "posix_spawnp", "spawns a process"),
+    (socket.socket, "listen", "listens on a socket"),
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """Setup, call and teardown of a test without `process` run under the guard."""
+    if item.get_closest_marker("process") is not None:
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        for owner, name, what in GUARDED:
+            patch.setattr(owner, name, _refuse(item, what))
+        return (yield)

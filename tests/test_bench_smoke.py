@@ -8,7 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers.processes import required_tool
+
+pytestmark = pytest.mark.process  # each benchmark as a subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

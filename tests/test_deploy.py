@@ -20,6 +20,7 @@ def tool(name: str) -> str:
     return required_tool(name, ".ci/run installs it")
 
 
+@pytest.mark.process  # runs the tool as a subprocess
 def test_compose_file_is_valid_for_docker_compose() -> None:
     done = subprocess.run(
         [tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
@@ -31,6 +32,7 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.process  # runs the tool as a subprocess
 @pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.vllm"])
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     done = subprocess.run(
@@ -63,6 +65,7 @@ def test_compose_config_supervises_both_models_on_loopback() -> None:
         assert m.command[m.command.index("--host") + 1] == "127.0.0.1"
 
 
+@pytest.mark.process  # runs the tool as a subprocess
 def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
     manifests = ROOT / "deploy" / "kubernetes" / "vllm-switch.yaml"
     done = subprocess.run(

@@ -15,6 +15,8 @@ import yaml
 from tests.helpers.fleet import Fleet
 from tests.helpers.processes import alive, launched
 
+pytestmark = pytest.mark.process  # the CLI as a subprocess
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -22,6 +22,8 @@ from tests.helpers.processes import free_port
 from tests.helpers.proxy_server import serve_proxy
 from tests.helpers.raw_http import HEALTH, HEALTH_CLOSE, closed, openai_error, parse, until_closed
 
+pytestmark = pytest.mark.process  # the proxy under uvicorn on loopback
+
 
 def edge_config(**limits: Any) -> ProxyConfig:
     url = f"http://127.0.0.1:{free_port()}"

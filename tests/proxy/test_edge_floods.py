@@ -22,6 +22,8 @@ import yaml
 from tests.helpers.processes import free_port
 from tests.helpers.raw_http import HEALTH, HEALTH_CLOSE, closed, openai_error, parse
 
+pytestmark = pytest.mark.process  # `vllm-switch serve` as a subprocess, at the fd limit
+
 
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

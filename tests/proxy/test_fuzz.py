@@ -26,6 +26,8 @@ from proxy.emulator.launcher import bootstrap_sequentially
 from tests.helpers.fleet import emulator_args
 from tests.helpers.processes import emulator_stats, launched
 
+pytestmark = pytest.mark.process  # `vllm-switch serve` and two emulators
+
 KEY = "sk-fuzz-0123456789"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 

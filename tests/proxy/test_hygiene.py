@@ -34,6 +34,8 @@ from tests.helpers.bodies import chat
 from tests.helpers.proxy_server import RunningProxy, serve_proxy
 from tests.helpers.recorder import COMPLETION, Recorder, reply
 
+pytestmark = pytest.mark.process  # the proxy under uvicorn before a loopback backend
+
 BACKEND_KEY = "sk-backend-key-0123"
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from proxy.http.edge.listen import tcp_listener
 
+pytestmark = pytest.mark.process  # loopback listeners
+
 
 async def accepted_nodelay(sock: socket.socket) -> int:
     seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.helpers.bodies import chat
@@ -52,6 +53,7 @@ def as_instant_query(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace("$model", ".*")
 
 
+@pytest.mark.process  # runs promtool
 def test_promtool_checks_config_and_unit_tests_alerts() -> None:
     promtool = binary("promtool")
     for args in (["check", "config", "prometheus.yml"], ["test", "rules", "alerts.test.yml"]):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import emulate_command
@@ -17,6 +18,8 @@ from tests.helpers.bodies import chat
 from tests.helpers.fleet import GPU, emulator_args
 from tests.helpers.processes import alive, free_port
 from tests.helpers.proxy_server import RunningProxy, serve_proxy
+
+pytestmark = pytest.mark.process  # the proxy under uvicorn starts emulators as its backends
 
 
 def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:

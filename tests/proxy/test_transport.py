@@ -15,6 +15,8 @@ import pytest
 from proxy.upstream.transport import UpstreamTransport, upstream_transport
 from tests.helpers.processes import free_port
 
+pytestmark = pytest.mark.process  # the upstream client against loopback servers
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 LIMITS = httpx.Limits(max_keepalive_connections=8, keepalive_expiry=30)
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"

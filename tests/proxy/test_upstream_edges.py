@@ -38,6 +38,8 @@ from tests.helpers.misbehaving import (
 )
 from tests.helpers.proxy_server import serve_proxy
 
+pytestmark = pytest.mark.process  # the proxy under uvicorn before a misbehaving loopback backend
+
 MIB = 1 << 20
 CHAT = "/v1/chat/completions"
 
