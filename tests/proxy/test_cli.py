@@ -67,7 +67,9 @@ def test_demo_serves_and_stopping_it_stops_every_process(stop: signal.Signals) -
                     model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
                 )
                 assert raw.parse().choices[0].message.content
-                assert float(raw.headers["x-vllm-switch-wake-ms"]) >= 0
+                # the demo starts with the large model awake: each of these requests switches
+                assert float(raw.headers["x-vllm-switch-sleep-ms"]) > 0, model
+                assert float(raw.headers["x-vllm-switch-wake-ms"]) > 0, model
         proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     assert not [pid for pid in emulators if alive(pid)], "the demo must stop its emulated servers"

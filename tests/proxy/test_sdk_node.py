@@ -48,6 +48,6 @@ async def test_official_node_sdk_alternates_models(fleet: Fleet) -> None:
         assert r["replyModel"] == r["model"]
         assert r["text"]
         assert r["streamed"]
-        assert r["wakeMs"] is not None
+        assert float(r["wakeMs"]) > 0, "each model's first request of its turn switched"
     assert report["models"] == ["model-a", "model-b"]
     assert fleet.counters("model-a")["wake_calls"] == 2

@@ -70,6 +70,7 @@ async def test_bootstrap_starts_one_at_a_time_and_shutdown_stops_all(tmp_path: P
             assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
         status = (await c.get("/admin/status")).json()
         pids = [m["process"]["pid"] for m in status["models"]]
+        assert len(pids) == 2
         assert all(m["process"]["running"] for m in status["models"])
         assert any(
             "Starting vLLM server" in line for line in status["models"][0]["process"]["last_lines"]
@@ -136,8 +137,12 @@ async def test_backend_that_exits_while_starting_fails_with_its_output(tmp_path:
         assert proxy.state("model-b") == "failed"
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
         ok = await c.post("/v1/chat/completions", json=chat("model-a"))
+    failure = proxy.services.backends["model-b"].failure
+    assert failure is not None
+    assert "exited with 3 while starting" in failure
+    assert "boom: no such model" in failure, "the failure carries the process's last output"
     assert r.status_code == 503
-    assert "exited with 3" in proxy.services.backends["model-b"].failure or "boom" in r.text  # type: ignore[operator]
+    assert "exited with 3" in r.json()["error"]["message"], r.text
     assert ok.status_code == 200
 
 

@@ -127,23 +127,34 @@ async def test_level2_switch_serves_real_text_after_staged_wake(fleet: Fleet) ->
 
 
 async def test_timing_headers_show_what_a_request_paid(fleet: Fleet) -> None:
-    fleet.start(("model-a", []), ("model-b", []))
+    """The resident model's request paid nothing; the switched one paid B's sleep and A's wake,
+    which the emulators are told to take 0.3 s and 0.2 s (B's sleep is its first one)."""
+    fleet.start(
+        ("model-a", ["--emu-wake-weights-l1-s", "0.2"]), ("model-b", ["--emu-first-sleep-s", "0.3"])
+    )
     async with (
         serve_proxy(config_for(fleet, [{"name": "model-a"}, {"name": "model-b"}])) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=60) as c,
     ):
         resident = await c.post("/v1/chat/completions", json=chat("model-b"))
         switched = await c.post("/v1/chat/completions", json=chat("model-a"))
-    for r in (resident, switched):
-        assert {
-            "x-vllm-switch-queue-ms",
-            "x-vllm-switch-sleep-ms",
-            "x-vllm-switch-wake-ms",
-            "x-vllm-switch-warmup-ms",
-        } <= set(r.headers)
-    assert resident.headers["x-vllm-switch-wake-ms"] == "0.0"
-    assert resident.headers["x-vllm-switch-sleep-ms"] == "0.0"
+    paid = {
+        name: {k: float(r.headers[f"x-vllm-switch-{k}-ms"]) for k in ("sleep", "wake", "warmup")}
+        for name, r in (("resident", resident), ("switched", switched))
+    }
+    assert {"x-vllm-switch-queue-ms"} <= set(resident.headers) & set(switched.headers)
+    assert paid["resident"] == {"sleep": 0.0, "wake": 0.0, "warmup": 0.0}
+    assert paid["switched"]["sleep"] >= 300, paid
+    assert paid["switched"]["wake"] >= 200, paid
+    assert paid["switched"]["warmup"] > 0, paid
     assert switched.headers["x-vllm-switch-model"] == "model-a"
+    assert (
+        fleet.counters("model-b")["sleeps_level_1"],
+        fleet.counters("model-a")["wake_calls"],
+    ) == (
+        1,
+        1,
+    )
 
 
 async def test_startup_adopts_backends_and_sleeps_the_extra(fleet: Fleet) -> None:
@@ -160,8 +171,12 @@ def _big_gpu(fleet: Fleet, name: str, util: float = 0.4) -> list[str]:
     return emulator_args(name, fleet.ledger_dir, util=util)
 
 
-@pytest.mark.parametrize("max_awake", [2])
-async def test_max_awake_two_keeps_both_models_awake(fleet: Fleet, max_awake: int) -> None:
+@pytest.mark.parametrize(("max_awake", "switches"), [(1, 2), (2, 0)])
+async def test_max_awake_two_keeps_both_models_awake(
+    fleet: Fleet, max_awake: int, switches: int
+) -> None:
+    """Two models that both fit: with max_awake 2 A, B, A switches nothing; with 1 (the control)
+    the same requests switch twice, so the counts below can tell the two apart."""
     for name in ("model-a", "model-b"):
         fleet.spawn(name, _big_gpu(fleet, name))
     config = config_for(
@@ -172,8 +187,11 @@ async def test_max_awake_two_keeps_both_models_awake(fleet: Fleet, max_awake: in
     async with serve_proxy(config) as proxy, httpx.AsyncClient(base_url=proxy.url, timeout=60) as c:
         for model in ["model-a", "model-b", "model-a"]:
             assert (await c.post("/v1/chat/completions", json=chat(model))).status_code == 200
-    assert fleet.counters("model-a").get("wake_calls", 0) == 0
-    assert fleet.counters("model-b").get("sleeps_level_1", 0) == 0
+    a, b = fleet.counters("model-a"), fleet.counters("model-b")
+    wakes = a.get("wake_calls", 0) + b.get("wake_calls", 0)
+    sleeps = a.get("sleeps_level_1", 0) + b.get("sleeps_level_1", 0)
+    extra = 1 if max_awake == 1 else 0  # start-up sleeps the model beyond max_awake
+    assert (wakes, sleeps) == (switches, switches + extra)
 
 
 async def test_requests_during_startup_wait_for_reconciliation(fleet: Fleet) -> None:
