@@ -32,14 +32,6 @@ PROCESS_FIXTURES = frozenset(
 )
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    # looptime's pytest hook asks the policy for the current loop even in a sync test; before any
-    # async test ran, asyncio's policy then creates a loop that nobody closes, and its unclosed
-    # self-pipe fails a later test as an unraisable ResourceWarning. Saying "no loop" up front
-    # makes that call raise RuntimeError, which looptime expects (pytest-asyncio sets its own).
-    asyncio.set_event_loop(None)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ())):
