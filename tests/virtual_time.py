@@ -39,7 +39,9 @@ class _DefaultLoop:
 
 
 def virtual_loop() -> asyncio.AbstractEventLoop:
-    return looptime.new_event_loop(start=0.0, _enabled=True)
+    # idle_timeout: a test that waits on something nothing will ever set (no timer left) fails
+    # after 1 real second instead of hanging until pytest-timeout
+    return looptime.new_event_loop(start=0.0, idle_timeout=1.0, _enabled=True)
 
 
 @pytest.hookimpl(tryfirst=True)

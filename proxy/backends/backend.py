@@ -173,6 +173,11 @@ class Backend:
     def idle(self) -> bool:
         return self.leases == 0 and self.early_waiters == 0
 
+    def end_drain(self) -> None:
+        """The drain gave up (its switch was aborted): requests that came during it may enter."""
+        self.draining = False
+        self._notify()
+
     async def drain(self) -> None:
         """Refuse late requests and wait until leases and early waiters are gone.
 

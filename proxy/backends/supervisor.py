@@ -48,6 +48,7 @@ class Supervisor:
         self._procs = {b.name: launch(b.config) for b in backends.values() if b.config.supervised}
         self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
         self._not_before: dict[str, float] = {}
+        self._given_up: set[str] = set()  # crash loops: never restarted again
         self._watchers: set[asyncio.Task[None]] = set()
         self._starts: dict[str, int] = dict.fromkeys(self._procs, 0)
 
@@ -68,6 +69,8 @@ class Supervisor:
             return None
         cfg = backend.config.restart
         now = self._clock.monotonic()
+        if backend.name in self._given_up:
+            return None
         recent = [t for t in self._crashes[backend.name] if now - t <= cfg.window_s]
         if len(recent) > cfg.max_restarts:
             return None
@@ -102,6 +105,8 @@ class Supervisor:
         cfg = backend.config.restart
         while crashes and now - crashes[0] > cfg.window_s:
             crashes.popleft()
+        if len(crashes) > cfg.max_restarts:  # a crash loop: FAILED for good (until the proxy
+            self._given_up.add(backend.name)  # restarts), however long ago the crashes then lie
         backoff = min(cfg.max_backoff_s, cfg.backoff_s * 2 ** (len(crashes) - 1))
         self._not_before[backend.name] = now + backoff
         log.error(
@@ -120,8 +125,9 @@ class Supervisor:
     async def kill(self, backend: Backend) -> None:
         """Kill a backend whose engine cannot be trusted (failed wake): frees its GPU memory."""
         proc = self._procs[backend.name]
-        proc.kill()
-        await proc.wait()
+        if proc.running:  # one that already exited (or never started) is left alone: an exit
+            proc.kill()  # by itself stays a crash for its watcher
+            await proc.wait()
         backend.holds_memory = False
 
     async def stop_all(self) -> None:

@@ -4,7 +4,8 @@ Per group, under its lock (so no request switches meanwhile; requests wait for `
 
   1. attached backends (a `url` only): wait for /health (never touch memory while one starts),
      ask /is_sleeping;
-  2. supervised backends (a `command`) with `start: eager`: first put every awake attached
+  2. supervised backends (a `command`) with `start: eager` - unless a member failed and may
+     still hold memory (then they stay STOPPED, and the group answers "blocked"): first put every awake attached
      backend to sleep, then start them one after another - start, /health, warm-up, sleep -
      so that no vLLM ever profiles memory while another on the GPU is awake (it would size its
      KV cache wrongly or refuse to start). The last one stays awake. `start: lazy` ones stay
@@ -76,6 +77,20 @@ async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
 async def _bootstrap(switcher: Switcher, group: GpuGroup, eager: list[Backend]) -> None:
     clock = switcher.clock
     began = clock.monotonic()
+    blocking = [m.name for m in group.members if m.state is BackendState.FAILED and m.holds_memory]
+    if eager and blocking:
+        # vLLM profiles free memory while it starts: next to a member that may still hold some
+        # (it never came up, or failed a probe) it would size its KV cache wrongly or not start.
+        # The eager ones stay STOPPED; a request for one answers the group's "blocked" 503.
+        log.error(
+            "bootstrap %s: not starting %s: %s failed and may still hold GPU memory",
+            group.name,
+            ", ".join(b.name for b in eager),
+            ", ".join(blocking),
+        )
+        for b in eager:
+            b.set_state(BackendState.STOPPED)
+        return
     for i, b in enumerate(eager, start=1):
         eta = ""
         if i > 1:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from proxy.backends import Backend, ControlError
+from proxy.backends import Backend, BackendState, ControlError
 from proxy.backends.supervisor import StartError, Supervisor
 from proxy.clock import Clock
 from proxy.config import LimitsConfig
@@ -45,10 +45,12 @@ class Transitions:
             async with asyncio.timeout(t.drain_s):
                 await victim.drain()
         except TimeoutError:
-            victim.draining = False
+            victim.end_drain()
             raise self._unavailable(
                 f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching"
             ) from None
+        if victim.state is BackendState.FAILED and not victim.holds_memory:
+            return 0.0  # its process died while it drained: nothing left to put to sleep
         group.enter("sleeping", t.sleep_s)
         try:
             async with asyncio.timeout(t.sleep_s):

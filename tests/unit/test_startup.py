@@ -151,12 +151,6 @@ async def test_eager_bootstrap_starts_one_at_a_time_after_sleeping_attached_ones
         assert r.process("model-s3").starts == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eager bootstrap starts a supervised backend next to an attached one that never came "
-    "up (FAILED, may hold memory) - the very case that blocks every wake in the group; what "
-    "should happen instead (stay STOPPED? FAILED 'blocked'?) is the lead's call",
-)
 async def test_no_eager_start_next_to_a_member_that_may_hold_memory() -> None:
     config = build_config({"name": "model-x", "timeouts": {"start_s": 5}}, supervised("model-s"))
     async with rig(config, down={"model-x"}, reconcile=False) as r:

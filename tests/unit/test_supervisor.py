@@ -133,12 +133,6 @@ async def test_a_crash_loop_leaves_the_backend_failed_and_says_it_needs_a_restar
         await r.served("model-a")  # a dead process holds no memory: the group is not blocked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the crash loop is forgiven once its crashes are older than window_s: restart_wait "
-    "counts only recent crashes, while the docs and the 503 say it stays FAILED until the "
-    "proxy is restarted (lead decides which is meant)",
-)
 async def test_a_crash_loop_is_not_forgiven_when_its_window_passes() -> None:
     config = build_config(
         supervised("model-a"),
