@@ -2,6 +2,10 @@
 
 Built without I/O by `Services.build`; `running()` starts reconciliation in the background and
 tears everything down on exit. One instance per app - no module-level singletons.
+
+Owns the HTTP client and its transport, the background tasks (`spawn`: reconciliation, idle
+sleep) and the parsed upstream URLs; everything else it only holds for the routes (backends are
+the switching core's, see backends/backend.py for who writes them).
 """
 
 from __future__ import annotations
