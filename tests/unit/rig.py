@@ -44,6 +44,16 @@ def build_config(*models: Spec, gpus: dict[str, int] | None = None, **top: Any) 
     return ProxyConfig.model_validate({"models": full, "gpus": declared, **top})
 
 
+# two GPU groups of two models each, one awake per group
+TWO_GROUPS = build_config(
+    "model-a",
+    "model-b",
+    {"name": "model-c", "gpu": "g1"},
+    {"name": "model-d", "gpu": "g1"},
+    gpus={"g0": 1, "g1": 1},
+)
+
+
 async def until(condition: Callable[[], bool], *, spins: int = 10_000) -> None:
     """Yield to the loop (no time passes) until `condition` holds."""
     for _ in range(spins):

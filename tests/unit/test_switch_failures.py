@@ -12,7 +12,7 @@ import pytest
 from proxy.backends import BackendState
 from proxy.errors import BackendUnavailableError
 from tests.unit.fake_vllm import FakeServer
-from tests.unit.rig import build_config, rig
+from tests.unit.rig import TWO_GROUPS, build_config, rig
 
 pytestmark = pytest.mark.looptime
 AB = build_config("model-a", "model-b")
@@ -59,14 +59,7 @@ async def test_a_failed_wake_blocks_its_gpu_group_naming_the_failed_model() -> N
 
 
 async def test_a_failure_in_one_gpu_group_leaves_the_other_alone() -> None:
-    config = build_config(
-        "model-a",
-        "model-b",
-        {"name": "model-c", "gpu": "g1"},
-        {"name": "model-d", "gpu": "g1"},
-        gpus={"g0": 1, "g1": 1},
-    )
-    async with rig(config, awake={"model-b", "model-d"}) as r:
+    async with rig(TWO_GROUPS, awake={"model-b", "model-d"}) as r:
         r.server("model-a").wake_oom()
         with pytest.raises(BackendUnavailableError):
             await r.lease("model-a")

@@ -8,7 +8,7 @@ import pytest
 
 from proxy.backends.backend import NO_SWITCH, WakeTimings
 from proxy.errors import BackendUnavailableError, QueueFullError
-from tests.unit.rig import build_config, rig, until
+from tests.unit.rig import TWO_GROUPS, build_config, rig, until
 
 pytestmark = pytest.mark.looptime
 AB = build_config("model-a", "model-b")  # one GPU, max_awake 1; model-b awake after start-up
@@ -106,14 +106,7 @@ async def test_no_victim_while_the_group_has_room() -> None:
 
 
 async def test_two_gpu_groups_switch_independently_and_at_the_same_time() -> None:
-    config = build_config(
-        "model-a",
-        "model-b",
-        {"name": "model-c", "gpu": "g1"},
-        {"name": "model-d", "gpu": "g1"},
-        gpus={"g0": 1, "g1": 1},
-    )
-    async with rig(config, awake={"model-b", "model-d"}) as r:
+    async with rig(TWO_GROUPS, awake={"model-b", "model-d"}) as r:
         gate = r.server("model-a").hold("POST", "/wake_up")
         a = r.request("model-a")
         await gate.reached()
