@@ -22,6 +22,10 @@ from typing import Any, NoReturn
 
 import pytest
 
+# virtual time for tests marked `looptime` (a plugin module: loaded here, where `tests` is
+# importable, for every test under tests/)
+pytest_plugins = ["tests.virtual_time"]
+
 # fixtures that start processes or servers (each where it is defined)
 PROCESS_FIXTURES = frozenset(
     {

@@ -6,7 +6,7 @@ once and always in the same order. Only looptime's loop is used, not its pytest 
 is disabled in pyproject.toml's addopts): that plugin makes an event loop for every test that
 asks for pytest-asyncio's policy fixture, sync tests included, and never closes it, and the
 leaked socket pair fails unrelated tests through pytest's unraisable-exception check.
-Registered with `-p tests.virtual_time` (addopts). Stateless.
+Loaded by tests/conftest.py (`pytest_plugins`). Stateless.
 """
 
 from __future__ import annotations
