@@ -113,7 +113,21 @@ class ModelConfig(_Strict):
     stop_grace_s: float = Field(default=30, gt=0, description="SIGTERM to SIGKILL at shutdown")
     restart: RestartConfig = RestartConfig()
     idle_sleep_s: float | None = Field(
-        default=None, gt=0, description="put the model to sleep after this long unused"
+        default=None,
+        gt=0,
+        description="put the model to sleep after this long unused (counted from when it woke)",
+    )
+    priority: int = Field(
+        default=0, description="among waiting models, a higher priority is served first"
+    )
+    memory_gib: float | None = Field(
+        default=None, gt=0, description="GPU memory the model holds awake (weights + KV cache)"
+    )
+    asleep_memory_gib: float | None = Field(
+        default=None,
+        ge=0,
+        description="GPU memory it still holds asleep (CUDA context, ~1-2 GiB); unset counts as "
+        "memory_gib, so a wake-first decision never rests on a guess",
     )
 
     @field_validator("command", mode="before")
@@ -139,9 +153,40 @@ class ModelConfig(_Strict):
         return str(self.url).rstrip("/")
 
 
+class SchedulingConfig(_Strict):
+    """How a GPU group picks its next switch (docs/scheduling.md)."""
+
+    policy: Literal["default", "fifo"] = Field(
+        default="default",
+        description="default: serve the resident model first, bounded by max_wait_s, and switch "
+        "for idle models only after their measured switch-back cost; fifo: switch to the model of "
+        "the oldest waiting request at once (for comparison)",
+    )
+    max_wait_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="longest the oldest request of a waiting model waits while another model "
+        "keeps serving; then the group switches to it (no starvation)",
+    )
+    min_residency_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="a model keeps the GPU at least this long after it woke while it has "
+        "requests (anti-thrash)",
+    )
+
+
 class GpuConfig(_Strict):
     name: str = Field(pattern=NAME)
     max_awake: int = Field(default=1, ge=1, description="models of this group awake at once")
+    memory_gib: float | None = Field(
+        default=None,
+        gt=0,
+        description="GPU memory the group's models may use together; with every member's "
+        "memory_gib declared, a target that fits beside the resident wakes first and the victim "
+        "sleeps afterwards",
+    )
+    scheduling: SchedulingConfig = SchedulingConfig()
 
 
 class LimitsConfig(_Strict):

@@ -1,0 +1,185 @@
+"""The scheduling policy: what one GPU group does next, as a pure function of a snapshot.
+
+No I/O, no clock (`now` is an input), no logging: `decide(view, now)` is tested alone, at scale
+(tests/unit/test_policy*.py), and the group's owner (switching/switcher.py) only carries out
+what it returns. Stateless. docs/scheduling.md explains the rules with a timeline.
+
+`default` - serve the resident first, never thrash, never starve:
+  - the target is the waiting model (requests queued, not awake) with the highest `priority`,
+    then the oldest waiting request (oldest-first bounds every wait; weighting by queue length
+    would serve crowds faster but can starve a model with one request);
+  - a free slot (`max_awake`) or enough declared memory: switch at once, nobody is evicted
+    first;
+  - otherwise each victim (the least recently used awake models, `plan.py`) must be evictable:
+      * busy (requests in flight or queued): only once the target's oldest request waited
+        `max_wait_s` *and* the victim had the GPU `min_residency_s` (reason `max_wait`);
+      * idle: once it has been idle longer than its round trip (sleep + wake + warm-up, measured)
+        divided by the target's queue length (reason `early_sleep`). That is ski rental: waiting
+        a switch's cost for the resident's next request costs at most as much as switching away
+        and back, so a closed-loop client that sends again within milliseconds keeps its model;
+    until then the group holds, and `recheck_at` says when the answer can change on its own;
+  - when the target fits beside the victims (every member's memory declared, see `fits`), the
+    target wakes first and the victims sleep afterwards (`wake_first`, reason `memory_fits`).
+`fifo` - the model of the oldest waiting request gets the GPU at once (for comparison).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.backends.state import BackendState
+from proxy.switching.plan import Member, plan_switch
+
+DEFAULT_COST_S = 0.5  # a round trip's cost before any switch of the model was measured
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One member of the group, as the policy sees it."""
+
+    name: str
+    state: BackendState
+    holds_memory: bool
+    queue: tuple[float, ...] = ()  # arrival times of the requests waiting for it, oldest first
+    in_flight: int = 0
+    ready_since: float | None = None  # when it last became READY
+    last_used: float | None = None  # when a request of it last started or ended
+    sleep_cost_s: float = DEFAULT_COST_S  # measured moving averages
+    wake_cost_s: float = DEFAULT_COST_S  # wake (or start) + warm-up
+    priority: int = 0
+    memory_gib: float | None = None  # awake
+    asleep_memory_gib: float | None = None  # asleep (None: as much as awake)
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0 or bool(self.queue)
+
+    def held_gib(self) -> float | None:
+        """GPU memory it holds now; None when that is not declared."""
+        if not self.holds_memory:
+            return 0.0
+        if self.state is BackendState.ASLEEP:
+            return self.asleep_memory_gib if self.asleep_memory_gib is not None else self.memory_gib
+        return self.memory_gib
+
+
+@dataclass(frozen=True)
+class GroupView:
+    name: str
+    max_awake: int
+    models: tuple[ModelView, ...]
+    policy: str = "default"
+    max_wait_s: float = 5.0
+    min_residency_s: float = 2.0
+    memory_gib: float | None = None  # the group's budget; None: wake-first is never tried
+
+    def model(self, name: str) -> ModelView:
+        return next(m for m in self.models if m.name == name)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`target` set: the model chosen next. With `blocked_by` its wake must not happen (a failed
+    member may hold memory); otherwise, if `victims` is set and `evict` is False, the group holds
+    (reason says why) until an event or `recheck_at`; else switch now."""
+
+    target: str | None = None
+    victims: tuple[str, ...] = ()
+    evict: bool = False
+    wake_first: bool = False
+    blocked_by: tuple[str, ...] = ()
+    reason: str = "idle"
+    recheck_at: float | None = None
+    waiting: tuple[str, ...] = field(default=())  # every model with demand, in service order
+
+    @property
+    def switch_now(self) -> bool:
+        return self.target is not None and not self.blocked_by and (self.evict or not self.victims)
+
+
+HOLD = Decision()
+
+
+def waiting_models(view: GroupView) -> list[ModelView]:
+    """Models with queued requests that are not awake, in the order the policy serves them."""
+    waiting = [m for m in view.models if m.queue and m.state is not BackendState.READY]
+    if view.policy == "fifo":
+        return sorted(waiting, key=lambda m: m.queue[0])
+    return sorted(waiting, key=lambda m: (-m.priority, m.queue[0], m.name))
+
+
+def fits(view: GroupView, target: ModelView) -> bool:
+    """Declared memory says `target` can wake with every member as it is now (never a guess:
+    False when the budget or any member's footprint is undeclared)."""
+    if view.memory_gib is None or target.memory_gib is None:
+        return False
+    held = 0.0
+    for m in view.models:
+        if m.name == target.name:
+            continue
+        gib = m.held_gib()
+        if gib is None:
+            return False
+        held += gib
+    return held + target.memory_gib <= view.memory_gib
+
+
+def decide(view: GroupView, now: float) -> Decision:
+    """Pure: the group's next move. See the module docstring for the rules."""
+    order = waiting_models(view)
+    if not order:
+        return HOLD
+    names = tuple(m.name for m in order)
+    target = order[0]
+    members = [Member(m.name, m.state, m.holds_memory, m.last_used or 0.0) for m in view.models]
+    plan = plan_switch(target.name, members, view.max_awake)
+    if plan.blocked_by:
+        return Decision(target.name, blocked_by=plan.blocked_by, reason="blocked", waiting=names)
+    if not plan.victims:
+        return Decision(target.name, evict=True, reason="free_slot", waiting=names)
+    if view.policy == "fifo":
+        return Decision(target.name, plan.victims, evict=True, reason="fifo", waiting=names)
+    victims = [view.model(v) for v in plan.victims]
+    verdicts = [_evictable(v, target, view, now) for v in victims]
+    reasons = [reason for _, reason, _ in verdicts]
+    if all(ok for ok, _, _ in verdicts):
+        wake_first = fits(view, target)
+        reason = (
+            "memory_fits" if wake_first else ("max_wait" if "max_wait" in reasons else reasons[0])
+        )
+        return Decision(
+            target.name,
+            plan.victims,
+            evict=True,
+            wake_first=wake_first,
+            reason=reason,
+            waiting=names,
+        )
+    recheck = [at for ok, _, at in verdicts if not ok and at is not None]
+    hold_reason = next(reason for ok, reason, _ in verdicts if not ok)
+    return Decision(
+        target.name,
+        plan.victims,
+        reason=hold_reason,
+        recheck_at=min(recheck) if recheck else None,
+        waiting=names,
+    )
+
+
+def _evictable(
+    victim: ModelView, target: ModelView, view: GroupView, now: float
+) -> tuple[bool, str, float | None]:
+    """(may it be put to sleep for `target` now, why (not), when that may change)."""
+    since = victim.ready_since if victim.ready_since is not None else now
+    waited_enough = now - target.queue[0] >= view.max_wait_s
+    resided_enough = now - since >= view.min_residency_s
+    if waited_enough and resided_enough:
+        return True, "max_wait", None
+    forced_at = max(target.queue[0] + view.max_wait_s, since + view.min_residency_s)
+    if victim.busy:
+        return False, "min_residency" if waited_enough else "serving", forced_at
+    idle_since = max(victim.last_used or since, since)
+    linger = (victim.sleep_cost_s + victim.wake_cost_s) / len(target.queue)
+    if now - idle_since >= linger:
+        return True, "early_sleep", None
+    return False, "linger", min(idle_since + linger, forced_at)
