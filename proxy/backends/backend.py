@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from proxy.backends.control import VllmControl
@@ -95,7 +96,12 @@ class Backend:
         self.holds_memory = True
         self.failure: str | None = None
         self.awake_since: float | None = None
+        self.ready_at: float | None = None  # monotonic, when it last became READY
         self.last_used = 0.0
+        # measured moving averages (None until the first sleep / wake), read by the policy
+        self.sleep_cost_s: float | None = None
+        self.wake_cost_s: float | None = None  # wake or start, plus warm-up
+        self.listeners: list[Callable[[], None]] = []  # told of every change (its GPU group)
         self.last = WakeTimings()  # what the switch that last woke this backend cost
         self.last_sleep_ms: float | None = None
         self.last_wake_ms: float | None = None
@@ -109,6 +115,7 @@ class Backend:
         self.state = new
         if new is BackendState.READY:
             self.awake_since = self.clock.wall()
+            self.ready_at = self.clock.monotonic()
             self.holds_memory = True
             self.failure = None
         elif new is BackendState.STARTING:
@@ -158,6 +165,19 @@ class Backend:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in self.listeners:
+            listener()
+
+    def notify_changed(self) -> None:
+        """Tell waiters and the group that something they read (holds_memory) changed."""
+        self._notify()
+
+    def measured(self, *, sleep_s: float | None = None, wake_s: float | None = None) -> None:
+        """Fold one measured sleep or wake (+ warm-up) into the moving averages."""
+        if sleep_s is not None:
+            self.sleep_cost_s = _ewma(self.sleep_cost_s, sleep_s)
+        if wake_s is not None:
+            self.wake_cost_s = _ewma(self.wake_cost_s, wake_s)
 
     def _ms_since(self, t0: float) -> float:
         return round((self.clock.monotonic() - t0) * 1000, 3)
@@ -219,3 +239,10 @@ class Backend:
         await self.control.warm_up()
         self.last_warmup_ms = self._ms_since(t0)
         return self.last_warmup_ms
+
+
+COST_WEIGHT = 0.3  # of the newest measurement in the moving average
+
+
+def _ewma(average: float | None, sample: float) -> float:
+    return sample if average is None else (1 - COST_WEIGHT) * average + COST_WEIGHT * sample

@@ -6,10 +6,11 @@ decides when - and whether - a crashed backend may start again (exponential back
 proxy). Processes are started and killed only by switching/transitions.py, under their GPU
 group's lock, and stopped at shutdown.
 
-It also writes backend state: STARTING when it launches a process, holds_memory=False after a
-kill, STOPPED at shutdown, and - from the exit watcher, which does *not* take the group's lock -
-FAILED with its memory known to be free when a process dies (the next request for it restarts
-it through a switch). How a process is made (`launcher`) and the clock are injectable.
+It also writes backend state, always from the switching core's steps under the group's lock:
+STARTING when it launches a process and holds_memory=False after a kill; and STOPPED at
+shutdown, once the switching core is closed. A process that dies by itself is *reported*
+(`on_exit`, the Switcher's `report_exit`), never written here; the next request for it
+restarts it through a switch. How a process is made (`launcher`) and the clock are injectable.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class Supervisor:
         self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
         self._not_before: dict[str, float] = {}
         self._given_up: set[str] = set()  # crash loops: never restarted again
+        # told when a process died by itself (not stopped, not killed by us); set by the Switcher
+        self.on_exit: Callable[[Backend, int], None] = lambda _backend, _code: None
         self._watchers: set[asyncio.Task[None]] = set()
         self._starts: dict[str, int] = dict.fromkeys(self._procs, 0)
 
@@ -117,10 +120,7 @@ class Supervisor:
             cfg.window_s,
             backoff,
         )
-        if backend.state is BackendState.FAILED:
-            backend.holds_memory = False  # its process is gone, and its memory with it
-        else:
-            backend.mark_failed(f"process exited with {code}", holds_memory=False)
+        self.on_exit(backend, code)  # the switching core applies it (Switcher.report_exit)
 
     async def kill(self, backend: Backend) -> None:
         """Kill a backend whose engine cannot be trusted (failed wake): frees its GPU memory."""

@@ -24,7 +24,11 @@ from prometheus_client.registry import Collector
 
 from proxy.backends.state import BackendState
 
-BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# fine between 0.05 and 0.5 s, where real switches (0.1-0.3 s on an H200) and their parts fall
+BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75,
+    1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+)  # fmt: skip
 UNKNOWN_MODEL = "unknown"
 
 
@@ -177,6 +181,14 @@ class Metrics:
             "vllm_switch_restarts",
             "Restarts of supervised backends (after a crash, or after killing a wedged or hung engine).",
             ["model"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "vllm_switch_decisions",
+            "Scheduling decisions of a GPU group, by reason: a switch (free_slot, memory_fits, "
+            "max_wait, early_sleep, fifo) or a hold while another model waits (serving, "
+            "min_residency, linger).",
+            ["gpu", "reason"],
             registry=r,
         )
         self.switching_seconds = Counter(

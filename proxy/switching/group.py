@@ -10,6 +10,7 @@ Readers (routes, status, metrics) only read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from proxy.backends import Backend
 from proxy.clock import Clock, SystemClock
@@ -25,12 +26,29 @@ class GpuGroup:
         self._clock = clock or SystemClock()
         self.max_awake = max_awake
         self.members = members
+        self._changed = asyncio.Event()  # any member's change, or a new waiter
+        for m in members:
+            m.listeners.append(self.notify)
         self.lock = asyncio.Lock()
         self.reconciled = asyncio.Event()
         # draining | sleeping | waking | starting, while a switch runs
         self.phase: str | None = None
         self._phase_since = 0.0
         self._phase_limit_s = 0.0
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, timeout_s: float | None) -> None:
+        """Until any member changes (state, leases, waiters) or `timeout_s` passed."""
+        changed = self._changed
+        if timeout_s is None:
+            await changed.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(timeout_s, 0.0)):
+                await changed.wait()
 
     def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
         self.phase, self._phase_since, self._phase_limit_s = phase, self._clock.monotonic(), limit_s

@@ -40,8 +40,10 @@ from proxy.clock import Clock, SystemClock
 from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
+from proxy.switching.demand import Demand
+from proxy.switching.execute import SwitchRunner
 from proxy.switching.group import GpuGroup
-from proxy.switching.plan import Member, Plan, plan_switch
+from proxy.switching.policy import decide
 from proxy.switching.single_flight import SingleFlight
 from proxy.switching.transitions import Transitions
 
@@ -67,6 +69,7 @@ class Switcher:
         for b in backends.values():
             by_gpu.setdefault(b.config.gpu, []).append(b)
         self._steps = Transitions(config.limits, metrics, supervisor, self.clock)
+        self._demand = Demand(backends, self.clock)
         self._groups = {
             g: GpuGroup(g, config.gpu(g).max_awake, members, self.clock)
             for g, members in by_gpu.items()
@@ -75,7 +78,13 @@ class Switcher:
             name: SingleFlight(partial(self._switch_to, name), name=f"switch:{name}")
             for name in backends
         }
-        self.waiting: Counter[str] = Counter()
+        self._runner = SwitchRunner(self._steps, metrics, self.clock, backends)
+        supervisor.on_exit = self.report_exit
+
+    @property
+    def waiting(self) -> Counter[str]:
+        """Requests waiting per model (read-only view for metrics, status and tests)."""
+        return self._demand.waiting
 
     async def wait_reconciled(self) -> None:
         for group in self._groups.values():
@@ -112,12 +121,13 @@ class Switcher:
         if (now := self.lease_now(name)) is not None:
             return now
         backend = self._backends[name]
+        group = self.group_of(name)
         if self.waiting[name] >= self._limits.queue_size:
             raise QueueFullError(
                 f"{self.waiting[name]} requests already wait for model {name!r}; retry later",
                 retry_after_s=self._limits.retry_after_s,
             )
-        self.waiting[name] += 1
+        arrived = self._demand.enter(name, group)
         ticket = backend.ticket()
         timings = NO_SWITCH
         try:
@@ -147,7 +157,7 @@ class Switcher:
             ) from None
         finally:
             backend.drop_ticket(ticket)
-            self.waiting[name] -= 1
+            self._demand.leave(name, arrived, group)
 
     def _failed(self, backend: Backend) -> BackendUnavailableError:
         wait = self._supervisor.restart_wait(backend)
@@ -163,122 +173,62 @@ class Switcher:
 
     # ----- the switch ------------------------------------------------------------------------------
     async def _switch_to(self, name: str) -> WakeTimings:
+        """One flight for `name`: ask the policy, under the group's lock, until it picks `name`
+        and says switch now; hold (lock released) until the group changes or the decision's
+        `recheck_at`. Only the chosen target's flight acts, so flights of one group agree."""
         flight_started = self.clock.monotonic()
         target = self._backends[name]
         group = self.group_of(name)
         await group.reconciled.wait()
-        if target.state is BackendState.READY:
-            # made READY by start-up reconciliation: its early waiters must not wait for the
-            # lock, which a switch draining this very backend (for them) may hold
-            return NO_SWITCH
-        async with group.lock:
-            if target.is_ready():  # woken by a flight that held the lock before us
+        held: str | None = None
+        while True:
+            if target.state is BackendState.READY:
+                # made READY by start-up or by a wake-first switch: its waiters must not wait for
+                # the lock, which a switch draining this very backend (for them) may hold
                 return NO_SWITCH
-            if target.state is BackendState.FAILED and self._supervisor.restart_wait(target) != 0:
-                raise self._failed(target)
-            plan = _plan(name, group)
-            if plan.blocked_by:
-                raise BackendUnavailableError(
-                    f"GPU group {group.name!r} is blocked: {', '.join(plan.blocked_by)} failed and may "
-                    "still hold GPU memory; restart it",
-                    retry_after_s=self._limits.retry_after_s,
-                )
-            started = self.clock.monotonic()
-            victims = "+".join(plan.victims) or "none"
-            slept: list[Backend] = []
-            try:
-                sleep_ms = 0.0
-                for victim in plan.victims:
-                    sleep_ms += await self._steps.put_to_sleep(self._backends[victim], group)
-                    slept.append(self._backends[victim])
-                if target.state in (BackendState.STOPPED, BackendState.FAILED):
-                    wake_ms, warmup_ms = await self._steps.start(target, group)
-                else:
-                    wake_ms, warmup_ms = await self._steps.wake(target, group)
-            except BackendUnavailableError as exc:
-                self._metrics.switches.labels(victims, name, "failed").inc()
-                log.warning(
-                    "switch %s -> %s failed: %s",
-                    victims,
-                    name,
-                    exc.message,
-                    extra={
-                        "event": "switch",
-                        "result": "failed",
-                        "from_model": victims,
-                        "to_model": name,
-                        "gpu": group.name,
-                    },
-                )
-                await self._bring_back(slept, group, failed=name)
-                raise
-            finally:
-                group.enter(None)
-                self._metrics.switching_seconds.labels(group.name).inc(
-                    self.clock.monotonic() - started
-                )
-            target.last = WakeTimings(sleep_ms=sleep_ms, wake_ms=wake_ms, warmup_ms=warmup_ms)
-            target.set_state(BackendState.READY)
-            self._metrics.switches.labels(victims, name, "ok").inc()
-            self._metrics.switch_seconds.labels(victims, name).observe(
-                self.clock.monotonic() - flight_started
-            )
-            total_ms = round((self.clock.monotonic() - started) * 1000, 1)
-            log.info(
-                "switched %s -> %s in %.0f ms (sleep %.0f, wake %.0f, warm-up %.0f)",
-                victims,
-                name,
-                total_ms,
-                sleep_ms,
-                wake_ms,
-                warmup_ms,
-                extra={
-                    "event": "switch",
-                    "from_model": victims,
-                    "to_model": name,
-                    "gpu": group.name,
-                    "switch_ms": total_ms,
-                    "sleep_ms": sleep_ms,
-                    "wake_ms": wake_ms,
-                    "warmup_ms": warmup_ms,
-                },
-            )
-            return target.last
+            async with group.lock:
+                if target.is_ready():  # woken by a flight that held the lock before us
+                    return NO_SWITCH
+                if (
+                    target.state is BackendState.FAILED
+                    and self._supervisor.restart_wait(target) != 0
+                ):
+                    raise self._failed(target)
+                now = self.clock.monotonic()
+                view = self._demand.view(group, self._config.gpu(group.name), self._can_start)
+                decision = decide(view, now)
+                if decision.target == name:
+                    if decision.blocked_by:
+                        raise BackendUnavailableError(
+                            f"GPU group {group.name!r} is blocked: {', '.join(decision.blocked_by)} "
+                            "failed and may still hold GPU memory; restart it",
+                            retry_after_s=self._limits.retry_after_s,
+                        )
+                    if decision.switch_now:
+                        self._metrics.decisions.labels(group.name, decision.reason).inc()
+                        return await self._runner.switch(target, group, decision, flight_started)
+                    if decision.reason != held:  # count each hold once, not each re-decision
+                        held = decision.reason
+                        self._metrics.decisions.labels(group.name, held).inc()
+                wait_s = None if decision.recheck_at is None else decision.recheck_at - now
+            await group.wait_changed(wait_s)
 
-    async def _bring_back(self, slept: list[Backend], group: GpuGroup, failed: str) -> None:
-        """The switch to `failed` failed after its victims went to sleep: wake them back while the
-        group has room, most recently used first. Never evicts anything for this, and never wakes
-        next to a failed member that may still hold memory (a wedged engine leaks it).
-        Best effort: the waiters of `failed` get their 503 once this is done."""
-        for victim in reversed(slept):
-            plan = _plan(victim.name, group)
-            if victim.state is not BackendState.ASLEEP or plan.victims or plan.blocked_by:
-                continue
-            try:
-                wake_ms, warmup_ms = await self._steps.wake(victim, group)
-            except BackendUnavailableError as exc:
-                self._metrics.switches.labels(failed, victim.name, "failed").inc()
-                log.warning("could not bring %s back: %s", victim.name, exc.message)
-                continue
-            victim.last = WakeTimings(wake_ms=wake_ms, warmup_ms=warmup_ms)
-            victim.set_state(BackendState.READY)
-            self._metrics.switches.labels(failed, victim.name, "restored").inc()
-            log.info(
-                "brought %s back after the switch to %s failed (wake %.0f ms, warm-up %.0f ms)",
-                victim.name,
-                failed,
-                wake_ms,
-                warmup_ms,
-                extra={
-                    "event": "switch",
-                    "result": "restored",
-                    "from_model": failed,
-                    "to_model": victim.name,
-                    "gpu": group.name,
-                    "wake_ms": wake_ms,
-                    "warmup_ms": warmup_ms,
-                },
-            )
+    def _can_start(self, backend: Backend) -> bool:
+        return self._supervisor.restart_wait(backend) == 0
+
+    def report_exit(self, backend: Backend, code: int) -> None:
+        """The supervisor's exit watcher: `backend`'s process is gone, and its memory with it.
+        Applied at once - synchronous, so it never interleaves with a step's read and write -
+        unless a switch step has the backend in a memory call right now (sleeping, waking,
+        starting): that step fails on its next call, and its outcome is corrected after it. A
+        draining victim is marked at once; the step skips its sleep (nothing left to free)."""
+        if backend.state is BackendState.FAILED:
+            backend.holds_memory = False
+            backend.notify_changed()
+        elif backend.state in (BackendState.READY, BackendState.ASLEEP):
+            backend.mark_failed(f"process exited with {code}", holds_memory=False)
+        else:
+            self._runner.exited(backend, code)
 
     # ----- idle sleep -----------------------------------------------------------------------------
     async def sleep_idle(self, now: float) -> list[str]:
@@ -315,7 +265,7 @@ class Switcher:
             b.state is BackendState.READY
             and b.leases == 0
             and self.waiting[b.name] == 0
-            and now - b.last_used >= ttl
+            and now - max(b.last_used, b.ready_at or 0.0) >= ttl  # never from 0: from its wake
         )
 
     # ----- used by start-up (proxy/switching/startup.py), under the group's lock ------------------------
@@ -338,9 +288,4 @@ class Switcher:
     async def close(self) -> None:
         for flight in self._flights.values():
             await flight.cancel()
-
-
-def _plan(target: str, group: GpuGroup) -> Plan:
-    """plan_switch on a snapshot of the group as it is now."""
-    members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
-    return plan_switch(target, members, group.max_awake)
+        await self._runner.close()

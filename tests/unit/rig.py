@@ -33,14 +33,29 @@ def supervised(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "command": ["vllm", "serve", name, "--enable-sleep-mode"], **extra}
 
 
-def build_config(*models: Spec, gpus: dict[str, int] | None = None, **top: Any) -> ProxyConfig:
+def build_config(
+    *models: Spec,
+    gpus: dict[str, int] | None = None,
+    scheduling: dict[str, Any] | None = None,
+    memory_gib: float | None = None,
+    **top: Any,
+) -> ProxyConfig:
     """Models (a name, or a dict with `name`) on GPU groups `gpus` (name: max_awake; default one
-    group "g0" with max_awake 1, which models join unless they name their `gpu`)."""
+    group "g0" with max_awake 1, which models join unless they name their `gpu`).
+
+    Every group schedules with `policy: fifo` unless `scheduling` says otherwise: the tests of
+    the switching mechanics (drain, tickets, failures, supervision) want each switch to start
+    the moment a request waits; the default policy's holds are tested on their own
+    (test_scheduling.py) and as a pure function (test_policy*.py)."""
     groups = gpus or {"g0": 1}
     first = next(iter(groups))
     specs = [{"name": m} if isinstance(m, str) else m for m in models]
     full = [{"gpu": first, "url": f"http://127.0.0.1:{8001 + i}", **m} for i, m in enumerate(specs)]
-    declared = [{"name": g, "max_awake": n} for g, n in groups.items()]
+    policy = scheduling or {"policy": "fifo"}
+    declared = [
+        {"name": g, "max_awake": n, "scheduling": policy, "memory_gib": memory_gib}
+        for g, n in groups.items()
+    ]
     return ProxyConfig.model_validate({"models": full, "gpus": declared, **top})
 
 

@@ -1,0 +1,75 @@
+"""Demand: which requests wait for which model, since when, and the snapshot the policy decides on.
+
+Owned by the Switcher: `lease()` enters a request when it starts to wait and leaves it when it
+gets its lease, gives up or fails; nobody else writes it. Every entry and exit tells the model's
+GPU group (`GpuGroup.notify`), so a switch waiting for its turn re-decides at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+
+from proxy.backends import Backend, BackendState
+from proxy.clock import Clock
+from proxy.config import GpuConfig
+from proxy.switching.group import GpuGroup
+from proxy.switching.policy import DEFAULT_COST_S, GroupView, ModelView
+
+
+class Demand:
+    def __init__(self, names: Iterable[str], clock: Clock) -> None:
+        self._clock = clock
+        self.waiting: Counter[str] = Counter()
+        self._since: dict[str, deque[float]] = {n: deque() for n in names}
+
+    def enter(self, name: str, group: GpuGroup) -> float:
+        """A request starts to wait for `name`; returns its arrival time (for `leave`)."""
+        at = self._clock.monotonic()
+        self.waiting[name] += 1
+        self._since[name].append(at)  # arrivals only grow: the deque stays sorted
+        group.notify()
+        return at
+
+    def leave(self, name: str, at: float, group: GpuGroup) -> None:
+        self.waiting[name] -= 1
+        self._since[name].remove(at)  # the first equal one: any of equal arrivals is the same
+        group.notify()
+
+    def queue(self, name: str) -> tuple[float, ...]:
+        return tuple(self._since[name])
+
+    def view(
+        self, group: GpuGroup, gpu: GpuConfig, can_start: Callable[[Backend], bool]
+    ) -> GroupView:
+        """The policy's snapshot of `group` now. A FAILED member that may not be started again
+        has no demand (its requests are refused at once, not scheduled)."""
+        models = []
+        for b in group.members:
+            failed = b.state is BackendState.FAILED and not can_start(b)
+            models.append(
+                ModelView(
+                    name=b.name,
+                    state=b.state,
+                    holds_memory=b.holds_memory,
+                    queue=() if failed else self.queue(b.name),
+                    in_flight=b.leases,
+                    ready_since=b.ready_at,
+                    last_used=b.last_used or None,
+                    sleep_cost_s=b.sleep_cost_s or DEFAULT_COST_S,
+                    wake_cost_s=b.wake_cost_s or DEFAULT_COST_S,
+                    priority=b.config.priority,
+                    memory_gib=b.config.memory_gib,
+                    asleep_memory_gib=b.config.asleep_memory_gib,
+                )
+            )
+        s = gpu.scheduling
+        return GroupView(
+            name=group.name,
+            max_awake=group.max_awake,
+            models=tuple(models),
+            policy=s.policy,
+            max_wait_s=s.max_wait_s,
+            min_residency_s=s.min_residency_s,
+            memory_gib=gpu.memory_gib,
+        )

@@ -1,0 +1,174 @@
+"""The default scheduling policy, carried out by the real switcher on fake vLLM servers, in
+virtual time: the resident is served first up to max_wait_s, an idle resident is evicted only
+after its round trip, wake-first on declared memory, idle sleep from the wake, crash reports."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.unit.rig import build_config, rig, supervised, until
+
+pytestmark = pytest.mark.looptime
+DEFAULT = {"policy": "default", "max_wait_s": 5, "min_residency_s": 2}
+AB = build_config("model-a", "model-b", scheduling=DEFAULT)  # model-b awake after start-up
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_a_busy_resident_keeps_the_gpu_until_the_other_model_waited_max_wait() -> None:
+    async with rig(AB) as r:
+        t0 = now()
+        stream, _ = await r.lease("model-b")
+        a = r.request("model-a")
+        await asyncio.sleep(4.9)  # model-b is busy: the policy holds ("serving")
+        assert not a.done()
+        assert not r.backend("model-b").draining
+        more_b = r.switcher.lease_now("model-b")
+        assert more_b is not None, "the resident keeps admitting its own requests meanwhile"
+        more_b[0].release()
+        await asyncio.sleep(0.2)  # past max_wait_s: drain model-b
+        assert r.backend("model-b").draining
+        assert r.switcher.lease_now("model-b") is None, "no new request enters the drain"
+        stream.release()
+        (await a)[0].release()
+        assert 5.0 <= now() - t0 < 5.5
+        assert r.switches("model-b", "model-a", "ok") == 1
+        assert r.state("model-b") == "asleep"
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="serving") == 1
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="max_wait") == 1
+
+
+async def test_an_idle_resident_is_put_to_sleep_after_its_round_trip() -> None:
+    async with rig(AB) as r:
+        t0 = now()
+        await r.served("model-a")  # nothing measured yet: 0.5 s + 0.5 s per round trip
+        assert now() - t0 == pytest.approx(1.0, abs=0.01)
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="linger") == 1
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="early_sleep") == 1
+        assert r.backend("model-b").sleep_cost_s is not None, "the sleep was measured"
+        assert r.backend("model-a").wake_cost_s is not None, "and the wake with its warm-up"
+
+
+async def test_the_linger_is_shared_by_the_requests_that_wait() -> None:
+    async with rig(AB) as r:
+        t0 = now()
+        waiting = [r.request("model-a") for _ in range(4)]
+        for task in waiting:
+            (await task)[0].release()
+        assert now() - t0 == pytest.approx(0.25, abs=0.01), "1 s round trip / 4 requests"
+
+
+async def test_a_resident_that_gets_a_new_request_within_its_linger_is_not_evicted() -> None:
+    """Closed-loop clients: the resident's next request comes before its linger ends, so the
+    other model waits until max_wait_s - one switch for a run of requests, not for each."""
+    async with rig(AB) as r:
+        a = r.request("model-a")
+        served_b = 0
+        while not a.done():
+            lease = r.switcher.lease_now("model-b")
+            if lease is None:  # drained: the switch to model-a is under way
+                break
+            await asyncio.sleep(0.1)  # a request of 0.1 s, then the client sends the next one
+            lease[0].release()
+            served_b += 1
+            await asyncio.sleep(0.01)
+        (await a)[0].release()
+        assert served_b >= 45, "about 5 s of model-b's requests before the switch"
+        assert r.switches("model-b", "model-a", "ok") == 1
+
+
+async def test_min_residency_keeps_a_just_woken_busy_model() -> None:
+    config = build_config("model-a", "model-b", scheduling={**DEFAULT, "min_residency_s": 8})
+    async with rig(config) as r:
+        t0 = now()
+        stream, _ = await r.lease("model-b")
+        await asyncio.sleep(0)
+        # model-b woke at start-up (ready_at ~ t0): max_wait passes at 5 s, residency at 8 s
+        a = r.request("model-a")
+        await asyncio.sleep(6)  # past max_wait_s, within min_residency_s
+        other = r.switcher.lease_now("model-b")  # an event: the group decides again
+        assert other is not None
+        other[0].release()
+        await asyncio.sleep(1.5)
+        assert not a.done()
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="min_residency") == 1
+        stream.release()
+        (await a)[0].release()
+        assert now() - t0 >= 8.0
+
+
+async def test_the_higher_priority_model_is_served_first() -> None:
+    config = build_config(
+        "model-a", {"name": "model-c", "priority": 1}, "model-b", scheduling=DEFAULT
+    )
+    async with rig(config) as r:
+        a = r.request("model-a")
+        await asyncio.sleep(0.1)
+        c = r.request("model-c")
+        (await c)[0].release()
+        assert not a.done(), "model-c first, though model-a waited longer"
+        (await a)[0].release()
+        woke = [line for line in r.vllm.log() if line.endswith("POST /wake_up")]
+        assert woke == ["model-c: POST /wake_up", "model-a: POST /wake_up"]
+
+
+async def test_wake_first_when_declared_memory_fits() -> None:
+    models: list[dict[str, Any]] = [
+        {"name": n, "memory_gib": 30, "asleep_memory_gib": 1} for n in ("model-a", "model-b")
+    ]
+    config = build_config(*models, scheduling=DEFAULT, memory_gib=70)
+    async with rig(config) as r:
+        lease, _ = await r.lease("model-a")
+        await until(lambda: r.state("model-b") == "asleep")  # afterwards, in the background
+        log = r.vllm.log()
+        assert log.index("model-a: POST /v1/completions") < log.index(
+            "model-b: POST /sleep?level=1&mode=wait"
+        ), "model-a woke and warmed up while model-b was still awake"
+        lease.release()
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 1
+
+
+async def test_no_wake_first_on_undeclared_memory() -> None:
+    models: list[dict[str, Any]] = [{"name": "model-a", "memory_gib": 30}, {"name": "model-b"}]
+    config = build_config(*models, scheduling=DEFAULT, memory_gib=70)
+    async with rig(config) as r:
+        (await r.lease("model-a"))[0].release()
+        log = r.vllm.log()
+        assert log.index("model-b: POST /sleep?level=1&mode=wait") < log.index(
+            "model-a: POST /wake_up"
+        )
+
+
+async def test_idle_sleep_counts_from_the_wake_not_from_zero() -> None:
+    config = build_config("model-a", {"name": "model-b", "idle_sleep_s": 60}, scheduling=DEFAULT)
+    async with rig(config) as r:  # model-b woke at start-up and was never used
+        assert await r.switcher.sleep_idle(now()) == []
+        await asyncio.sleep(60)
+        assert await r.switcher.sleep_idle(now()) == ["model-b"]
+
+
+async def test_a_crash_report_for_a_resident_is_applied_at_once() -> None:
+    config = build_config(supervised("model-a"), supervised("model-b"), scheduling=DEFAULT)
+    async with rig(config) as r:
+        r.process("model-b").crash(-9)
+        await until(lambda: r.state("model-b") == "failed")
+        assert r.backend("model-b").holds_memory is False
+        assert r.switcher.lease_now("model-b") is None
+
+
+async def test_a_crash_during_the_targets_wake_is_applied_after_the_step() -> None:
+    config = build_config(supervised("model-a"), supervised("model-b"), scheduling=DEFAULT)
+    async with rig(config) as r:
+        gate = r.server("model-a").hold("POST", "/wake_up")
+        a = r.request("model-a")
+        await gate.reached()
+        assert r.state("model-a") == "waking"
+        r.process("model-a").crash(-9)  # its wake call fails with it; the step marks it FAILED
+        with pytest.raises(Exception, match="could not wake"):
+            await a
+        assert (r.state("model-a"), r.backend("model-a").holds_memory) == ("failed", False)
