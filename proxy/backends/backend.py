@@ -13,16 +13,17 @@ Fields (each changed between two awaits, never across one):
                  in its group (waking next to it could wedge a neighbour, as on an H100)
   failure        why it is FAILED
 
-Who writes them - true today, and more writers than one would like:
+Who writes them. The switching core owns every state change, under the GPU group's lock:
   - requests, through this class's own methods: leases, tickets (early_waiters), last_used;
-  - switching/transitions.py, under the group lock: draining (drain), state through
-    sleep()/wake()/mark_failed();
-  - switching/switcher.py, under the group lock: state READY after a wake or start;
-  - switching/startup.py, under the group lock: state of every member at reconciliation;
-  - backends/supervisor.py: STARTING when it launches a process (under the lock, called by
-    transitions), holds_memory=False after a kill, and - from its exit watcher, *without* the
-    group lock - FAILED/holds_memory=False when a process dies; STOPPED at shutdown.
-Routes and status only read.
+  - the switching core, under the group's lock: switching/transitions.py (draining, and state
+    through sleep()/wake()/mark_failed()), switching/execute.py (READY after a wake or start,
+    the measured costs), switching/startup.py (every member at reconciliation), and the
+    supervisor's start()/kill() it calls (STARTING, holds_memory=False after a kill);
+  - Switcher.report_exit, when the supervisor reports that a process died: synchronous (no
+    await, so it never splits a step's read and write), applied at once to a backend in no
+    memory step, else after the step (switching/execute.py);
+  - backends/supervisor.py's stop_all: STOPPED at shutdown, after the switching core closed.
+Routes, status and metrics only read.
 """
 
 from __future__ import annotations

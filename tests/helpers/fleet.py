@@ -97,9 +97,17 @@ class Fleet:
         return data
 
 
+# the switching mechanics under test (drains, failures, supervision, streams) want each switch to
+# start the moment a request waits; the default policy's holds are tested in tests/unit and in
+# tests/proxy/test_scheduling.py, which ask for it
+MECHANICS = {"policy": "fifo"}
+
+
 def config_for(fleet: Fleet, models: Sequence[dict[str, Any]], **top: Any) -> ProxyConfig:
-    """A ProxyConfig for emulators of `fleet`: each model dict needs `name`; url/gpu are filled."""
+    """A ProxyConfig for emulators of `fleet`: each model dict needs `name`; url/gpu are filled.
+    GPU groups schedule `fifo` unless they say otherwise (see MECHANICS)."""
     full = [{"gpu": GPU, **m, "url": m.get("url") or fleet.url(m["name"])} for m in models]
-    return ProxyConfig.model_validate(
-        {"models": full, "gpus": [{"name": GPU, "max_awake": 1}], **top}
-    )
+    gpus = [
+        {"scheduling": MECHANICS, **g} for g in top.pop("gpus", [{"name": GPU, "max_awake": 1}])
+    ]
+    return ProxyConfig.model_validate({"models": full, "gpus": gpus, **top})

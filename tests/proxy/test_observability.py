@@ -38,6 +38,7 @@ CONTRACT = {
     "vllm_switch_wake_failures": ("counter", {"model", "reason"}),
     "vllm_switch_rejected": ("counter", {"model", "reason"}),
     "vllm_switch_switching_seconds": ("counter", {"gpu"}),
+    "vllm_switch_decisions": ("counter", {"gpu", "reason"}),
     "vllm_switch_restarts": ("counter", {"model"}),
     "vllm_switch_backend_state": ("gauge", {"model", "state"}),
     "vllm_switch_inflight_requests": ("gauge", {"model"}),
@@ -116,7 +117,8 @@ async def test_metrics_contract_after_a_switching_workload(fleet: Fleet) -> None
     )
     assert value(fams, "vllm_switch_rejected_total", model="unknown", reason="not_found") == 1
     assert value(fams, "vllm_switch_backend_state", model="model-b", state="ready") == 1
-    assert value(fams, "vllm_switch_backend_state", model="model-b", state="asleep") == 0
+    assert value(fams, "vllm_switch_switching_seconds_total", gpu="g0") > 0
+    assert value(fams, "vllm_switch_decisions_total", gpu="g0", reason="fifo") >= 1  # the mechanics policy
     assert value(fams, "vllm_switch_switching_seconds_total", gpu="g0") > 0
 
 

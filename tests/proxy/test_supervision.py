@@ -15,7 +15,7 @@ import pytest
 from proxy.config import ProxyConfig
 from proxy.emulator.launcher import emulate_command
 from tests.helpers.bodies import chat
-from tests.helpers.fleet import GPU, emulator_args
+from tests.helpers.fleet import GPU, MECHANICS, emulator_args
 from tests.helpers.processes import alive, free_port
 from tests.helpers.proxy_server import RunningProxy, serve_proxy
 
@@ -38,7 +38,8 @@ def supervised(name: str, tmp: Path, **extra: Any) -> dict[str, Any]:
 
 
 def config(*models: dict[str, Any]) -> ProxyConfig:
-    return ProxyConfig.model_validate({"models": list(models), "gpus": [{"name": GPU}]})
+    gpus = [{"name": GPU, "scheduling": MECHANICS}]
+    return ProxyConfig.model_validate({"models": list(models), "gpus": gpus})
 
 
 def ledger(tmp: Path) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""The scheduling policy through the real proxy and emulator processes: two closed-loop clients,
+each on its own model of one GPU. `fifo` switches for (nearly) every request; the default
+policy serves the resident up to max_wait_s and switches a few times for the whole run."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.helpers.bodies import chat
+from tests.helpers.fleet import Fleet, config_for
+from tests.helpers.proxy_server import RunningProxy, serve_proxy
+
+MODELS = [{"name": "model-a"}, {"name": "model-b"}]
+RUN_S = 3.0
+
+
+async def closed_loop(proxy: RunningProxy, model: str, until: float) -> int:
+    """One client: the next request right after each answer, until the deadline."""
+    done = 0
+    loop = asyncio.get_running_loop()
+    async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as client:
+        while loop.time() < until:
+            r = await client.post("/v1/chat/completions", json=chat(model, max_tokens=4))
+            assert r.status_code == 200, r.text
+            done += 1
+    return done
+
+
+def switches(proxy: RunningProxy) -> float:
+    total = 0.0
+    for metric in proxy.services.metrics.registry.collect():
+        if metric.name == "vllm_switch_switches":
+            total += sum(
+                s.value
+                for s in metric.samples
+                if s.name.endswith("_total") and s.labels["result"] == "ok"
+            )
+    return total
+
+
+async def run(fleet: Fleet, policy: str) -> tuple[int, float]:
+    gpus = [{"name": "g0", "scheduling": {"policy": policy, "max_wait_s": 1.0}}]
+    async with serve_proxy(config_for(fleet, MODELS, gpus=gpus)) as proxy:
+        until = asyncio.get_running_loop().time() + RUN_S
+        served = await asyncio.gather(*(closed_loop(proxy, m["name"], until) for m in MODELS))
+        return sum(served), switches(proxy)
+
+
+@pytest.mark.parametrize("policy", ["default", "fifo"])
+async def test_two_closed_loop_clients(fleet: Fleet, policy: str) -> None:
+    fleet.start(("model-a", []), ("model-b", []))
+    requests, switched = await run(fleet, policy)
+    assert requests >= 20, "both clients were served throughout"
+    if policy == "fifo":
+        assert switched >= requests / 3, "the control: fifo switches for most requests"
+    else:
+        # one switch per max_wait_s (1 s) at most, each way: a handful for the whole run
+        assert switched <= RUN_S / 1.0 + 2
+        assert switched <= requests / 10
