@@ -118,8 +118,8 @@ async def test_metrics_contract_after_a_switching_workload(fleet: Fleet) -> None
     assert value(fams, "vllm_switch_rejected_total", model="unknown", reason="not_found") == 1
     assert value(fams, "vllm_switch_backend_state", model="model-b", state="ready") == 1
     assert value(fams, "vllm_switch_switching_seconds_total", gpu="g0") > 0
-    assert value(fams, "vllm_switch_decisions_total", gpu="g0", reason="fifo") >= 1  # the mechanics policy
-    assert value(fams, "vllm_switch_switching_seconds_total", gpu="g0") > 0
+    fifo = value(fams, "vllm_switch_decisions_total", gpu="g0", reason="fifo")  # the mechanics'
+    assert fifo >= 1
 
 
 async def test_admin_status_and_the_status_cli(fleet: Fleet) -> None:
