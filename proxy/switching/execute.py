@@ -24,7 +24,6 @@ from proxy.clock import Clock
 from proxy.errors import BackendUnavailableError
 from proxy.observability.metrics import Metrics
 from proxy.switching.group import GpuGroup
-from proxy.switching.plan import Member, Plan, plan_switch
 from proxy.switching.policy import Decision
 from proxy.switching.transitions import Transitions
 
@@ -165,7 +164,7 @@ class SwitchRunner:
         next to a failed member that may still hold memory (a wedged engine leaks it).
         Best effort: the waiters of `failed` get their 503 once this is done."""
         for victim in reversed(slept):
-            plan = _plan(victim.name, group)
+            plan = group.plan(victim.name)
             if victim.state is not BackendState.ASLEEP or plan.victims or plan.blocked_by:
                 continue
             try:
@@ -198,9 +197,3 @@ class SwitchRunner:
         for task in list(self._follow_ups):
             task.cancel()
         await asyncio.gather(*self._follow_ups, return_exceptions=True)
-
-
-def _plan(target: str, group: GpuGroup) -> Plan:
-    """plan_switch on a snapshot of the group as it is now."""
-    members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in group.members]
-    return plan_switch(target, members, group.max_awake)

@@ -14,6 +14,7 @@ import contextlib
 
 from proxy.backends import Backend
 from proxy.clock import Clock, SystemClock
+from proxy.switching.plan import Member, Plan, plan_switch
 
 STUCK_GRACE_S = 60.0
 
@@ -35,6 +36,11 @@ class GpuGroup:
         self.phase: str | None = None
         self._phase_since = 0.0
         self._phase_limit_s = 0.0
+
+    def plan(self, target: str) -> Plan:
+        """plan_switch on a snapshot of the group as it is now."""
+        members = [Member(b.name, b.state, b.holds_memory, b.last_used) for b in self.members]
+        return plan_switch(target, members, self.max_awake)
 
     def notify(self) -> None:
         self._changed.set()

@@ -103,6 +103,23 @@ class Switcher:
         ]
         return backends, groups
 
+    def servable(self) -> list[str]:
+        """Models a request could be served by now: READY ones, and those that may be woken or
+        started - not FAILED for good, and not in a group blocked for them (a failed member
+        that may still hold memory). Read by /ready: a proxy that can serve nothing is not."""
+        names = []
+        for group in self._groups.values():
+            for b in group.members:
+                if b.state is BackendState.READY:
+                    names.append(b.name)
+                elif b.state is BackendState.UNKNOWN or (
+                    b.state is BackendState.FAILED and self._supervisor.restart_wait(b) is None
+                ):
+                    continue
+                elif not group.plan(b.name).blocked_by:
+                    names.append(b.name)
+        return names
+
     def groups(self) -> list[GpuGroup]:
         return list(self._groups.values())
 

@@ -12,7 +12,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
-from proxy.backends import BackendState
 from proxy.services import Services
 
 router = APIRouter()
@@ -32,20 +31,12 @@ def readiness(services: Services) -> list[str]:
     for g in groups:
         if g.stuck:
             problems.append(f"gpu {g.name}: switch stuck in {g.phase} for {g.phase_s:.0f}s")
-    usable = (
-        BackendState.READY,
-        BackendState.ASLEEP,
-        BackendState.SLEEPING,
-        BackendState.WAKING,
-        BackendState.STOPPED,
-        BackendState.STARTING,  # supervised: started on demand
-    )
-    restartable = (
-        b.state is BackendState.FAILED and services.supervisor.restart_wait(b) is not None
-        for b in services.backends.values()
-    )
-    if not any(b.state in usable for b in services.backends.values()) and not any(restartable):
-        problems.append("no backend is reachable")
+    if all(g.reconciled.is_set() for g in groups) and not services.switcher.servable():
+        failed = [f"{b.name}: {b.failure}" for b in services.backends.values() if b.failure]
+        problems.append(
+            "no model can be served (failed for good, or in a GPU group blocked by a failed "
+            "member that may hold memory)" + (f": {'; '.join(failed)}" if failed else "")
+        )
     return problems
 
 
