@@ -92,6 +92,10 @@ class Transitions:
             reason = f"warm-up failed: {describe(exc, t.wake_s)}"
             released = await self._try_sleep(target)
             target.mark_failed(reason, holds_memory=not released)
+            if target.holds_memory and self._supervisor.supervises(target.name):
+                # a crash during the warm-up (or an engine that will not sleep): only a dead
+                # process surely frees its memory - never leave it blocking the group
+                await self._supervisor.kill(target)
             raise self._unavailable(f"could not warm up {target.name!r} ({reason})") from exc
         return wake_ms, warmup_ms
 

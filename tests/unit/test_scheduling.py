@@ -172,3 +172,32 @@ async def test_a_crash_during_the_targets_wake_is_applied_after_the_step() -> No
         with pytest.raises(Exception, match="could not wake"):
             await a
         assert (r.state("model-a"), r.backend("model-a").holds_memory) == ("failed", False)
+
+
+async def test_a_supervised_backend_that_crashes_in_its_warm_up_never_blocks_the_group() -> None:
+    """The wake worked, then the process died during the warm-up: the best-effort sleep fails
+    too, so the backend may hold memory - the supervised one is killed (or found dead) and its
+    group stays usable for the others."""
+    config = build_config(supervised("model-a"), supervised("model-b"), scheduling=DEFAULT)
+    async with rig(config) as r:
+        gate = r.server("model-a").hold("POST", "/v1/completions")
+        a = r.request("model-a")
+        await gate.reached()
+        r.process("model-a").crash(-9)
+        with pytest.raises(Exception, match="could not warm up"):
+            await a
+        assert (r.state("model-a"), r.backend("model-a").holds_memory) == ("failed", False)
+        assert r.switcher.servable() != [], "the group is not blocked"
+        await r.served("model-b")  # woken back, or woken for this request
+
+
+async def test_a_supervised_engine_that_will_not_sleep_after_a_failed_warm_up_is_killed() -> None:
+    config = build_config(supervised("model-a"), supervised("model-b"), scheduling=DEFAULT)
+    async with rig(config) as r:
+        r.server("model-a").fail("POST", "/v1/completions", "engine error")
+        r.server("model-a").fail("POST", "/sleep", "cannot sleep")
+        with pytest.raises(Exception, match="could not warm up"):
+            await r.lease("model-a")
+        assert r.process("model-a").kills == 1, "only a dead process surely frees its memory"
+        assert (r.state("model-a"), r.backend("model-a").holds_memory) == ("failed", False)
+        await r.served("model-b")
