@@ -10,7 +10,9 @@ Per group, under its lock (so no request switches meanwhile; requests wait for `
      so that no vLLM ever profiles memory while another on the GPU is awake (it would size its
      KV cache wrongly or refuse to start). The last one stays awake. `start: lazy` ones stay
      STOPPED until their first request;
-  3. at most `max_awake` stay awake; extras are put to sleep while still UNKNOWN (no leases).
+  3. at most `max_awake` stay awake; extras are put to sleep while still UNKNOWN (no leases);
+     a level-2 backend that says it sleeps is woken in full and slept again (its weights may be
+     mapped: a proxy killed mid-wake), with every other member asleep first.
 
 Decisions are made before anything is READY, so no lease and no early waiter exists on a
 backend this start-up puts to sleep. Stateless, but it writes backend state under each group's
@@ -58,14 +60,26 @@ async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
         if b.state is BackendState.UNKNOWN and (state := await _probe(b)) is not None:
             asleep[b.name] = state
     awake = [b for b in attached if asleep.get(b.name) is False]
-    keep = [] if eager else awake[: group.max_awake]
+    # a level-2 backend that says it sleeps may hold its weights anyway: a proxy killed between
+    # `wake_up?tags=weights` and `tags=kv_cache` leaves exactly that, and the next wake next to
+    # it would run out of memory. Such backends are put back to a known state first - woken in
+    # full (reload included) and slept at level 2 again - with nothing else awake on the GPU.
+    unsure = [b for b in attached if asleep.get(b.name) is True and b.config.sleep_level == 2]
+    keep = [] if eager or unsure else awake[: group.max_awake]
     for extra in (b for b in awake if b not in keep):
         log.info(
             "start-up: putting %s to sleep (%s)",
             extra.name,
-            "to start others" if eager else f"max_awake={group.max_awake}",
+            "to start others"
+            if eager
+            else "to reset level-2 backends"
+            if unsure
+            else f"max_awake={group.max_awake}",
         )
         await switcher.sleep_now(extra)
+    for b in unsure:
+        log.info("start-up: resetting %s (level 2: its weights may still be mapped)", b.name)
+        await switcher.reset_now(b)
     for b in attached:
         if b.state is BackendState.UNKNOWN:
             b.set_state(BackendState.ASLEEP if asleep[b.name] else BackendState.READY)

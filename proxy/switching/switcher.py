@@ -286,6 +286,10 @@ class Switcher:
         )
 
     # ----- used by start-up (proxy/switching/startup.py), under the group's lock ------------------------
+    async def reset_now(self, backend: Backend) -> bool:
+        """Start-up only: wake a level-2 backend in full and sleep it again (known state)."""
+        return await self._steps.reset_level2(backend)
+
     async def sleep_now(self, backend: Backend) -> bool:
         """Put a backend without leases to sleep; False (and FAILED) if that failed."""
         return await self._steps.sleep_undrained(backend)

@@ -125,6 +125,24 @@ class Transitions:
             ) from exc
         return start_ms, warmup_ms
 
+    async def reset_level2(self, backend: Backend) -> bool:
+        """Start-up only, nothing else awake: the staged level-2 wake, then /sleep?level=2 and
+        confirm. Its state stays UNKNOWN (start-up then adopts it as asleep); False (and
+        FAILED, holding memory: nobody knows what it holds) if that failed."""
+        t = backend.config.timeouts
+        try:
+            async with asyncio.timeout(t.wake_s):
+                await backend.control.wake(2)
+            async with asyncio.timeout(t.sleep_s):
+                await backend.control.sleep(2)
+                if not await backend.control.is_sleeping():
+                    raise ControlError("/sleep answered 200 but /is_sleeping is false")
+            return True
+        except (TimeoutError, ControlError) as exc:
+            reason = f"level-2 reset at start-up failed: {describe(exc, t.wake_s)}"
+            backend.mark_failed(reason, holds_memory=True)
+            return False
+
     async def sleep_undrained(self, backend: Backend) -> bool:
         """Start-up only (no leases exist yet): sleep; False (and FAILED) if that failed."""
         try:

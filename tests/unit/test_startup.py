@@ -39,12 +39,13 @@ async def test_max_awake_two_keeps_two_awake() -> None:
 
 
 async def test_sleeping_backends_are_adopted_as_they_are() -> None:
-    config = build_config("model-a", {"name": "model-b", "sleep_level": 2}, "model-c")
+    config = build_config("model-a", "model-b", "model-c")
     async with rig(config, awake={"model-c"}, reconcile=False) as r:
         await r.start_up()
         assert r.states() == {"model-a": "asleep", "model-b": "asleep", "model-c": "ready"}
         assert [b.holds_memory for b in r.services.backends.values()] == [False, False, True]
     assert r.vllm.log() == [f"model-{m}: GET /is_sleeping" for m in "abc"], "nothing slept"
+    # a level-2 backend that says it sleeps is reset instead: tests/unit/test_startup_level2.py
 
 
 @pytest.mark.parametrize("same_gpu", [True, False], ids=["same-gpu", "other-gpu"])

@@ -166,10 +166,12 @@ async def test_a_level2_switch_sleeps_at_level_2_and_wakes_in_stages() -> None:
         {"name": "model-a", "sleep_level": 2}, {"name": "model-b", "sleep_level": 2}
     )
     async with rig(config) as r:
+        # start-up reset model-a (level 2, asleep: its weights might be mapped), sleeping
+        # model-b first: both are asleep now
+        assert r.states() == {"model-a": "asleep", "model-b": "asleep"}
         await r.served("model-a")
         await r.served("model-b")
     assert r.vllm.log() == [
-        *("model-b: POST /sleep?level=2&mode=wait", "model-b: GET /is_sleeping"),
         "model-a: POST /wake_up?tags=weights",
         "model-a: POST /collective_rpc reload_weights",
         "model-a: POST /wake_up?tags=kv_cache",
