@@ -1,28 +1,37 @@
 """Switcher: which models are awake on each GPU group, and every change to that.
 
-State machine of one GPU group (all transitions under the group's lock, one at a time):
+One owner per GPU group - the group's lock. Every change of a member's state happens in a
+method that holds it (a switch, idle sleep, start-up and the steps they run: transitions.py,
+execute.py, startup.py), or in `report_exit`, which is synchronous and so never splits what a
+step reads from what it writes. Requests only take and release leases (Backend's own methods).
+
+A GPU group, one decision at a time:
 
     start-up:  wait until every member answers /health (never touch memory while one starts)
-               -> /is_sleeping of each -> sleep extras beyond max_awake -> reconciled
+               -> /is_sleeping of each -> reset half-known level-2 members -> sleep extras
+               beyond max_awake -> start eager supervised ones -> reconciled
     request for model T (T not READY):
-        join T's single flight (N waiters, 1 switch; a waiter leaving never cancels it)
-        flight, under the lock:
+        enter T's demand (its arrival time), join T's single flight (N waiters, 1 switch; a
+        waiter leaving never cancels it)
+        flight, under the lock, until it acts:
           T READY by now?            -> done
-          T FAILED?                  -> 503 (sticky until restarted)
-          plan (pure): victims = least recently used READY members, enough to leave a slot;
-                       a FAILED member that may hold memory blocks the group -> 503
-          each victim: drain (no new leases; its early waiters and leases finish),
-                       /sleep?level=N&mode=wait, /is_sleeping must say true
-          T: wake (level 1 /wake_up; level 2 weights -> reload_weights -> kv_cache ->
-             reset_prefix_cache), /is_sleeping must say false, 1-token warm-up -> READY
+          T FAILED for good?         -> 503 (sticky until restarted)
+          policy.decide (pure, over a snapshot of the group and its demand):
+            target = the waiting model with the highest priority, then the oldest request;
+            a FAILED member that may hold memory blocks its wake -> 503
+            T is the target and may switch now -> run it (execute.py): each victim drained
+              (no new leases; its early waiters and leases finish), /sleep?level=N&mode=wait,
+              /is_sleeping true; T woken (level 2 in stages), /is_sleeping false, warm-up,
+              READY - or T first and the victims afterwards when declared memory fits
+            else hold: the lock is released until the group changes (a lease ends, a request
+              waits or leaves, a state changes) or the decision's recheck_at
         any failure: the backend that failed is FAILED; victims put to sleep for it are woken
                      back if the group has room (a killed target holds none); then every
                      waiter gets the 503
 
 Owns: one GpuGroup per GPU (its lock, reconciled event and phase live there), one
-SingleFlight per model, and the per-model `waiting` counts. It decides which switch runs and
-sets a target READY; the steps themselves (and the FAILED they may leave) are Transitions';
-start-up and the supervisor also write backend state (see backends/backend.py for the list).
+SingleFlight per model, the demand (`Demand`: who waits for which model, since when) and the
+SwitchRunner. See backends/backend.py for every writer of backend state.
 """
 
 from __future__ import annotations
