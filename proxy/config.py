@@ -174,6 +174,13 @@ class SchedulingConfig(_Strict):
         description="a model keeps the GPU at least this long after it woke while it has "
         "requests (anti-thrash)",
     )
+    max_hold_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="once a switch away from a model has drained it this long, its streams "
+        "still open are ended (SSE error event + [DONE]) so the waiting model is served; "
+        "unset: they may run until timeouts.drain_s",
+    )
 
 
 class GpuConfig(_Strict):

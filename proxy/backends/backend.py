@@ -64,13 +64,15 @@ class Ticket:
 
 
 class Lease:
-    """Permission to forward one request; `release()` is idempotent."""
+    """Permission to forward one request; `release()` is idempotent. `on_revoke` is how the
+    response streaming under it is ended early (a switch held it past `max_hold_s`)."""
 
-    __slots__ = ("_backend", "_released")
+    __slots__ = ("_backend", "_released", "on_revoke")
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._released = False
+        self.on_revoke: Callable[[str], None] | None = None
 
     @property
     def backend(self) -> Backend:
@@ -79,7 +81,7 @@ class Lease:
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._backend._release()
+            self._backend._release(self)
 
 
 class Backend:
@@ -103,6 +105,7 @@ class Backend:
         self.sleep_cost_s: float | None = None
         self.wake_cost_s: float | None = None  # wake or start, plus warm-up
         self.listeners: list[Callable[[], None]] = []  # told of every change (its GPU group)
+        self._live: set[Lease] = set()  # the leases not released yet
         self.last = WakeTimings()  # what the switch that last woke this backend cost
         self.last_sleep_ms: float | None = None
         self.last_wake_ms: float | None = None
@@ -156,9 +159,12 @@ class Backend:
             self.drop_ticket(ticket)
         self.leases += 1
         self.last_used = self.clock.monotonic()
-        return Lease(self)
+        lease = Lease(self)
+        self._live.add(lease)
+        return lease
 
-    def _release(self) -> None:
+    def _release(self, lease: Lease) -> None:
+        self._live.discard(lease)
         self.leases -= 1
         self.last_used = self.clock.monotonic()
         self._notify()
@@ -193,6 +199,16 @@ class Backend:
     @property
     def idle(self) -> bool:
         return self.leases == 0 and self.early_waiters == 0
+
+    def revoke_leases(self, reason: str) -> int:
+        """Ask every response still streaming under a lease to end now (`reason` is what its
+        client is told). Returns how many were asked; each releases its lease as it ends."""
+        asked = 0
+        for lease in list(self._live):
+            if lease.on_revoke is not None:
+                lease.on_revoke(reason)
+                asked += 1
+        return asked
 
     def end_drain(self) -> None:
         """The drain gave up (its switch was aborted): requests that came during it may enter."""

@@ -3,7 +3,9 @@
 `UpstreamResponse` owns the upstream httpx response and the backend lease for the whole
 life of the client response: whether the body ends, the backend fails mid-stream or the
 client disconnects, the upstream is closed (vLLM aborts the request: no slot stays busy) and
-the lease is released (a drain waiting on it can proceed). Bytes are never re-buffered, and
+the lease is released (a drain waiting on it can proceed). A switch held past `max_hold_s`
+revokes it (`revoke`): upstream closed and lease released at once, the stream ended with an
+error event and [DONE]. Bytes are never re-buffered, and
 headers travel as raw bytes both ways (no decode/re-encode that a non-ASCII value could break).
 
 Hygiene at both edges (stateless): a body is UTF-8 JSON with no lone surrogate, or a 400;
@@ -14,6 +16,7 @@ and a Content-Length only where the backend framed the body by it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,9 +29,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from proxy.errors import (
+    BackendUnavailableError,
     ClientGoneError,
     InvalidRequestError,
     PayloadTooLargeError,
+    ProxyError,
     UpstreamUnreachableError,
     sse_error,
 )
@@ -253,6 +258,19 @@ class UpstreamResponse(Response):
         self._observer = observer
         self._ended: tuple[int, str | None] | None = None  # how the response ended, if not normally
         self._sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        self._revoked: str | None = None  # why the switching core ended this response early
+        self._closing: asyncio.Task[None] | None = None
+
+    def revoke(self, reason: str) -> None:
+        """End this response early (the lease's `on_revoke`): the upstream is closed, so the
+        backend aborts the request, the lease is released, and the stream ends with an error
+        event and [DONE] (a non-stream answer not sent yet: a 503)."""
+        if self._revoked is None:
+            self._revoked = reason
+            self._closing = asyncio.get_running_loop().create_task(self._upstream.aclose())
+            # the backend's part is over once its connection closes: the lease goes now, not
+            # when a slow client has read the rest (that is the very hold being ended)
+            self._release()
 
     @classmethod
     async def take(
@@ -306,7 +324,10 @@ class UpstreamResponse(Response):
                     await self._send_whole(send, watch, b"".join(held))
                     return
             except httpx.HTTPError as exc:
-                await self._send_failure(send, exc)
+                if self._revoked is not None:
+                    await self._send_revoked(send)
+                else:
+                    await self._send_failure(send, exc)
                 return
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
@@ -322,16 +343,21 @@ class UpstreamResponse(Response):
                 self._observer.first_byte()
                 await send({"type": "http.response.body", "body": last, "more_body": True})
         except httpx.HTTPError as exc:
-            self._ended = (502, "upstream_failed")
-            log.warning(
-                "backend %s failed mid-body: %s: %s", self._backend, type(exc).__name__, exc
-            )
+            error: ProxyError
+            if self._revoked is not None:
+                self._ended = (503, "revoked")
+                error = BackendUnavailableError(self._revoked)
+            else:
+                self._ended = (502, "upstream_failed")
+                log.warning(
+                    "backend %s failed mid-body: %s: %s", self._backend, type(exc).__name__, exc
+                )
+                error = UpstreamUnreachableError(
+                    f"backend {self._backend!r} failed mid-stream: {type(exc).__name__}: {exc}"
+                )
             if not self._sse:
                 raise  # abort the connection: a truncated body must not look complete
             # headers are gone: end the stream with an error event, as vLLM does
-            error = UpstreamUnreachableError(
-                f"backend {self._backend!r} failed mid-stream: {type(exc).__name__}: {exc}"
-            )
             event = sse_error(error)
             if not last.endswith((b"\n\n", b"\r\n\r\n")):  # cut inside an event: end it
                 event = b"\n\n" + event  # first, or the error would be glued to its last line
@@ -349,6 +375,20 @@ class UpstreamResponse(Response):
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
         await send({"type": "http.response.body", "body": body})
+
+    async def _send_revoked(self, send: Send) -> None:
+        """Ended before anything of the body went out: the proxy's 503 instead."""
+        error = BackendUnavailableError(self._revoked or "ended early")
+        self._ended = (error.status_code, "revoked")
+        failed = render_error(error)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": failed.status_code,
+                "headers": failed.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": failed.body})
 
     async def _send_failure(self, send: Send, exc: httpx.HTTPError) -> None:
         """The backend broke a body before anything of it went out: an OpenAI error instead."""

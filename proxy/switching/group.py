@@ -24,6 +24,7 @@ class GpuGroup:
         self, name: str, max_awake: int, members: list[Backend], clock: Clock | None = None
     ) -> None:
         self.name = name
+        self.max_hold_s: float | None = None  # scheduling.max_hold_s, set by the Switcher
         self._clock = clock or SystemClock()
         self.max_awake = max_awake
         self.members = members

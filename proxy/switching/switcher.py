@@ -89,6 +89,8 @@ class Switcher:
         }
         self._runner = SwitchRunner(self._steps, metrics, self.clock, backends)
         supervisor.on_exit = self.report_exit
+        for group in self._groups.values():
+            group.max_hold_s = config.gpu(group.name).scheduling.max_hold_s
 
     @property
     def waiting(self) -> Counter[str]:

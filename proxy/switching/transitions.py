@@ -43,7 +43,7 @@ class Transitions:
         group.enter("draining", t.drain_s)
         try:
             async with asyncio.timeout(t.drain_s):
-                await victim.drain()
+                await self._drain(victim, group)
         except TimeoutError:
             victim.end_drain()
             raise self._unavailable(
@@ -65,6 +65,26 @@ class Transitions:
             if victim.holds_memory and self._supervisor.supervises(victim.name):
                 await self._supervisor.kill(victim)  # a hung engine: killing it frees the GPU
             raise self._unavailable(f"could not put {victim.name!r} to sleep ({reason})") from exc
+
+    async def _drain(self, victim: Backend, group: GpuGroup) -> None:
+        """The drain, and past the group's `max_hold_s` the end of the streams still open."""
+        hold = group.max_hold_s
+        if hold is None:
+            await victim.drain()
+            return
+        try:
+            async with asyncio.timeout(hold):
+                await victim.drain()
+            return
+        except TimeoutError:
+            pass
+        asked = victim.revoke_leases(
+            f"model {victim.name!r} held its GPU for more than max_hold_s={hold:g}s of a switch "
+            "to another model; this stream was ended"
+        )
+        self._metrics.decisions.labels(group.name, "hold").inc()
+        log.warning("%s: ended %d stream(s) held past max_hold_s=%gs", victim.name, asked, hold)
+        await victim.drain()
 
     async def wake(self, target: Backend, group: GpuGroup) -> tuple[float, float]:
         """Wake and warm up (not READY yet: the caller sets it). Returns (wake ms, warm-up ms)."""

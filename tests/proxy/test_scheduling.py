@@ -60,3 +60,35 @@ async def test_two_closed_loop_clients(fleet: Fleet, policy: str) -> None:
         # one switch per max_wait_s (1 s) at most, each way: a handful for the whole run
         assert switched <= RUN_S / 1.0 + 2
         assert switched <= requests / 10
+
+
+async def test_max_hold_ends_a_long_stream_with_an_error_event_and_serves_the_other(
+    fleet: Fleet,
+) -> None:
+    """model-b streams 400 tokens at 10 ms each (4 s); model-a waits. After max_wait_s (0.3 s)
+    the switch drains model-b, after max_hold_s (0.5 s) more it ends the stream: an SSE error
+    event and [DONE], the backend's request aborted, and model-a is served."""
+    fleet.start(("model-a", []), ("model-b", ["--emu-itl-s", "0.01"]))
+    gpus = [
+        {"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0, "max_hold_s": 0.5}}
+    ]
+    async with (
+        serve_proxy(config_for(fleet, MODELS, gpus=gpus)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
+    ):
+        assert proxy.state("model-b") == "ready"
+        body = chat("model-b", max_tokens=400, stream=True, ignore_eos=True)
+        async with client.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.aiter_lines()
+            first = await anext(lines)
+            assert first.startswith("data: "), "the stream runs"
+            other = asyncio.create_task(client.post("/v1/chat/completions", json=chat("model-a")))
+            rest = [line async for line in lines if line]
+        served = await other
+    assert served.status_code == 200
+    assert rest[-1] == "data: [DONE]"
+    error = rest[-2]
+    assert '"code": "backend_unavailable"' in error
+    assert "max_hold_s=0.5s" in error
+    assert len(rest) < 300, "ended long before its 400 tokens"
+    assert fleet.counters("model-b")["requests_cancelled_by_client"] == 1, "vLLM aborted it"

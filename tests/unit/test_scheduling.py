@@ -201,3 +201,36 @@ async def test_a_supervised_engine_that_will_not_sleep_after_a_failed_warm_up_is
         assert r.process("model-a").kills == 1, "only a dead process surely frees its memory"
         assert (r.state("model-a"), r.backend("model-a").holds_memory) == ("failed", False)
         await r.served("model-b")
+
+
+async def test_max_hold_ends_the_streams_that_keep_a_drained_model_awake() -> None:
+    config = build_config("model-a", "model-b", scheduling={**DEFAULT, "max_hold_s": 3})
+    async with rig(config) as r:
+        t0 = now()
+        stream, _ = await r.lease("model-b")  # a slow reader: it would hold model-b for good
+        reasons: list[str] = []
+
+        def revoke(reason: str) -> None:  # what the forwarded response does: end, release
+            reasons.append(reason)
+            stream.release()
+
+        stream.on_revoke = revoke
+        (await r.lease("model-a"))[0].release()
+        assert now() - t0 == pytest.approx(5 + 3, abs=0.01), "max_wait_s, then max_hold_s"
+        assert len(reasons) == 1
+        assert "max_hold_s=3s" in reasons[0]
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="hold") == 1
+
+
+async def test_without_max_hold_a_stream_may_hold_until_drain_s() -> None:
+    models: list[dict[str, Any]] = [
+        {"name": n, "timeouts": {"drain_s": 30}} for n in ("model-a", "model-b")
+    ]
+    config = build_config(*models, scheduling=DEFAULT)
+    async with rig(config) as r:
+        stream, _ = await r.lease("model-b")
+        stream.on_revoke = lambda _reason: pytest.fail("nothing is revoked without max_hold_s")
+        with pytest.raises(Exception, match="still had requests in flight after 30s"):
+            await r.lease("model-a")
+        assert r.state("model-b") == "ready", "the drain gave up: model-b keeps serving"
+        stream.release()

@@ -134,7 +134,10 @@ async def _forward(
     headers = timing_headers(model.name, (record.queue_s or 0) * 1000, timings) | {
         "x-request-id": record.request_id
     }
-    return await _answer(upstream, lease.release, headers, model.name, path, record)
+    response = await _answer(upstream, lease.release, headers, model.name, path, record)
+    if isinstance(response, UpstreamResponse):  # a switch held past max_hold_s may end it
+        lease.on_revoke = response.revoke
+    return response
 
 
 async def _answer(
