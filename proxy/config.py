@@ -120,6 +120,12 @@ class ModelConfig(_Strict):
     priority: int = Field(
         default=0, description="among waiting models, a higher priority is served first"
     )
+    preemptible: bool = Field(
+        default=False,
+        description="a switch away from it while it serves puts it to sleep with mode=keep: "
+        "its requests pause (their streams stall) and resume after its next wake, which the "
+        "scheduler makes their turn (vLLM recomputes them: sampled text may differ)",
+    )
     memory_gib: float | None = Field(
         default=None, gt=0, description="GPU memory the model holds awake (weights + KV cache)"
     )

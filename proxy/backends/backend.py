@@ -106,6 +106,7 @@ class Backend:
         self.wake_cost_s: float | None = None  # wake or start, plus warm-up
         self.listeners: list[Callable[[], None]] = []  # told of every change (its GPU group)
         self._live: set[Lease] = set()  # the leases not released yet
+        self.paused_since: float | None = None  # preempted with requests in flight: since when
         self.last = WakeTimings()  # what the switch that last woke this backend cost
         self.last_sleep_ms: float | None = None
         self.last_wake_ms: float | None = None
@@ -120,6 +121,7 @@ class Backend:
         if new is BackendState.READY:
             self.awake_since = self.clock.wall()
             self.ready_at = self.clock.monotonic()
+            self.paused_since = None  # its paused requests run again
             self.holds_memory = True
             self.failure = None
         elif new is BackendState.STARTING:
@@ -197,6 +199,11 @@ class Backend:
         await self._changed.wait()
 
     @property
+    def paused(self) -> int:
+        """Requests paused in it by a preemption, waiting for its next wake."""
+        return self.leases if self.paused_since is not None else 0
+
+    @property
     def idle(self) -> bool:
         return self.leases == 0 and self.early_waiters == 0
 
@@ -225,12 +232,15 @@ class Backend:
             await self._changed.wait()
 
     # ----- memory-changing operations (Switcher only, under the group lock) -----------------------
-    async def sleep(self) -> float:
-        """Drained already; /sleep (mode=wait) then confirm with /is_sleeping. Returns ms."""
+    async def sleep(self, *, preempt: bool = False) -> float:
+        """Drained already (or `preempt`: its requests pause, mode=keep); /sleep then confirm
+        with /is_sleeping. Returns ms."""
         t0 = self.clock.monotonic()
         self.draining = False  # the drain is over: who comes now waits for the next wake, early
         self.set_state(BackendState.SLEEPING)
-        await self.control.sleep(self.config.sleep_level)
+        if preempt:
+            self.paused_since = self.clock.monotonic()
+        await self.control.sleep(self.config.sleep_level, keep=preempt)
         if not await self.control.is_sleeping():
             raise RuntimeError("/sleep answered 200 but /is_sleeping is false")
         self.set_state(BackendState.ASLEEP)

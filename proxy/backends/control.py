@@ -71,8 +71,11 @@ class VllmControl:
             raise ControlError(f"/is_sleeping answered {r.text[:100]!r}")
         return value
 
-    async def sleep(self, level: int) -> None:
-        await self._call("POST", "/sleep", params={"level": level, "mode": "wait"})
+    async def sleep(self, level: int, *, keep: bool = False) -> None:
+        """`mode=wait` (in-flight requests finish first), or `mode=keep` (they pause, and
+        resume after the wake): never vLLM's default `abort`."""
+        mode = "keep" if keep else "wait"
+        await self._call("POST", "/sleep", params={"level": level, "mode": mode})
 
     async def wake(self, level: int) -> None:
         """Level 1: one /wake_up. Level 2: weights, reload_weights, KV cache, prefix cache.

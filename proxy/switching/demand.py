@@ -39,6 +39,11 @@ class Demand:
     def queue(self, name: str) -> tuple[float, ...]:
         return tuple(self._since[name])
 
+    def _demand_of(self, b: Backend) -> tuple[float, ...]:
+        """Its queue; requests paused in it by a preemption wait for its wake like queued ones."""
+        paused = (b.paused_since,) * b.paused if b.paused_since is not None else ()
+        return paused + self.queue(b.name)
+
     def view(
         self, group: GpuGroup, gpu: GpuConfig, can_start: Callable[[Backend], bool]
     ) -> GroupView:
@@ -52,13 +57,14 @@ class Demand:
                     name=b.name,
                     state=b.state,
                     holds_memory=b.holds_memory,
-                    queue=() if failed else self.queue(b.name),
-                    in_flight=b.leases,
+                    queue=() if failed else self._demand_of(b),
+                    in_flight=b.leases - b.paused,
                     ready_since=b.ready_at,
                     last_used=b.last_used or None,
                     sleep_cost_s=b.sleep_cost_s or DEFAULT_COST_S,
                     wake_cost_s=b.wake_cost_s or DEFAULT_COST_S,
                     priority=b.config.priority,
+                    preemptible=b.config.preemptible,
                     memory_gib=b.config.memory_gib,
                     asleep_memory_gib=b.config.asleep_memory_gib,
                 )

@@ -71,7 +71,8 @@ class SwitchRunner:
         try:
             if not decision.wake_first:
                 for victim in victims:
-                    ms = await self._steps.put_to_sleep(victim, group)
+                    preempt = victim.name in decision.preempt
+                    ms = await self._steps.put_to_sleep(victim, group, preempt=preempt)
                     victim.measured(sleep_s=ms / 1000)
                     sleep_ms += ms
                     slept.append(victim)

@@ -19,7 +19,10 @@ what it returns. Stateless. docs/scheduling.md explains the rules with a timelin
         and back, so a closed-loop client that sends again within milliseconds keeps its model;
     until then the group holds, and `recheck_at` says when the answer can change on its own;
   - when the target fits beside the victims (every member's memory declared, see `fits`), the
-    target wakes first and the victims sleep afterwards (`wake_first`, reason `memory_fits`).
+    target wakes first and the victims sleep afterwards (`wake_first`, reason `memory_fits`);
+  - a busy victim marked `preemptible` is not drained once its eviction is due: it sleeps with
+    mode=keep, its requests pause (reason `preempt`), and those paused requests are demand like
+    queued ones (their model's turn comes back by the same rules).
 `fifo` - the model of the oldest waiting request gets the GPU at once (for comparison).
 """
 
@@ -47,6 +50,7 @@ class ModelView:
     sleep_cost_s: float = DEFAULT_COST_S  # measured moving averages
     wake_cost_s: float = DEFAULT_COST_S  # wake (or start) + warm-up
     priority: int = 0
+    preemptible: bool = False  # a busy victim may be slept with mode=keep instead of drained
     memory_gib: float | None = None  # awake
     asleep_memory_gib: float | None = None  # asleep (None: as much as awake)
 
@@ -87,6 +91,7 @@ class Decision:
     victims: tuple[str, ...] = ()
     evict: bool = False
     wake_first: bool = False
+    preempt: tuple[str, ...] = ()  # victims slept with mode=keep, their requests paused
     blocked_by: tuple[str, ...] = ()
     reason: str = "idle"
     recheck_at: float | None = None
@@ -144,15 +149,14 @@ def decide(view: GroupView, now: float) -> Decision:
     reasons = [reason for _, reason, _ in verdicts]
     if all(ok for ok, _, _ in verdicts):
         wake_first = fits(view, target)
-        reason = (
-            "memory_fits" if wake_first else ("max_wait" if "max_wait" in reasons else reasons[0])
-        )
+        paused = [v.name for v, r in zip(victims, reasons, strict=True) if r == "preempt"]
         return Decision(
             target.name,
             plan.victims,
             evict=True,
             wake_first=wake_first,
-            reason=reason,
+            preempt=() if wake_first else tuple(paused),
+            reason="memory_fits" if wake_first else _strongest(reasons),
             waiting=names,
         )
     recheck = [at for ok, _, at in verdicts if not ok and at is not None]
@@ -166,6 +170,13 @@ def decide(view: GroupView, now: float) -> Decision:
     )
 
 
+def _strongest(reasons: list[str]) -> str:
+    for reason in ("preempt", "max_wait"):
+        if reason in reasons:
+            return reason
+    return reasons[0]
+
+
 def _evictable(
     victim: ModelView, target: ModelView, view: GroupView, now: float
 ) -> tuple[bool, str, float | None]:
@@ -174,7 +185,8 @@ def _evictable(
     waited_enough = now - target.queue[0] >= view.max_wait_s
     resided_enough = now - since >= view.min_residency_s
     if waited_enough and resided_enough:
-        return True, "max_wait", None
+        # a busy preemptible victim pauses (mode=keep) instead of draining
+        return True, "preempt" if victim.busy and victim.preemptible else "max_wait", None
     forced_at = max(target.queue[0] + view.max_wait_s, since + view.min_residency_s)
     if victim.busy:
         return False, "min_residency" if waited_enough else "serving", forced_at

@@ -88,6 +88,7 @@ class Switcher:
             for name in backends
         }
         self._runner = SwitchRunner(self._steps, metrics, self.clock, backends)
+        self._resumes: set[asyncio.Task[None]] = set()
         supervisor.on_exit = self.report_exit
         for group in self._groups.values():
             group.max_hold_s = config.gpu(group.name).scheduling.max_hold_s
@@ -222,6 +223,8 @@ class Switcher:
                     and self._supervisor.restart_wait(target) != 0
                 ):
                     raise self._failed(target)
+                if self.waiting[name] == 0 and target.paused == 0:
+                    return NO_SWITCH  # a resume flight whose paused requests all left
                 now = self.clock.monotonic()
                 view = self._demand.view(group, self._config.gpu(group.name), self._can_start)
                 decision = decide(view, now)
@@ -234,12 +237,29 @@ class Switcher:
                         )
                     if decision.switch_now:
                         self._metrics.decisions.labels(group.name, decision.reason).inc()
-                        return await self._runner.switch(target, group, decision, flight_started)
+                        timings = await self._runner.switch(target, group, decision, flight_started)
+                        for paused in decision.preempt:
+                            self._resume_later(paused)
+                        return timings
                     if decision.reason != held:  # count each hold once, not each re-decision
                         held = decision.reason
                         self._metrics.decisions.labels(group.name, held).inc()
                 wait_s = None if decision.recheck_at is None else decision.recheck_at - now
             await group.wait_changed(wait_s)
+
+    def _resume_later(self, name: str) -> None:
+        """A preempted model's paused requests hold leases but wait in no queue: a flight of
+        their own brings the model back when the policy says it is their turn."""
+
+        async def resume() -> None:
+            try:
+                await self._flights[name]()
+            except BackendUnavailableError as exc:  # its paused streams end with the backend
+                log.warning("could not resume %s after its preemption: %s", name, exc.message)
+
+        task = asyncio.create_task(resume(), name=f"resume:{name}")
+        self._resumes.add(task)
+        task.add_done_callback(self._resumes.discard)
 
     def _can_start(self, backend: Backend) -> bool:
         return self._supervisor.restart_wait(backend) == 0
@@ -318,6 +338,9 @@ class Switcher:
         return True
 
     async def close(self) -> None:
+        for task in list(self._resumes):
+            task.cancel()
+        await asyncio.gather(*self._resumes, return_exceptions=True)
         for flight in self._flights.values():
             await flight.cancel()
         await self._runner.close()

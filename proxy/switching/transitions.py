@@ -37,9 +37,14 @@ class Transitions:
     def _unavailable(self, message: str) -> BackendUnavailableError:
         return BackendUnavailableError(message, retry_after_s=self._limits.retry_after_s)
 
-    async def put_to_sleep(self, victim: Backend, group: GpuGroup) -> float:
-        """Drain, then /sleep and confirm. Returns the sleep's ms."""
+    async def put_to_sleep(
+        self, victim: Backend, group: GpuGroup, *, preempt: bool = False
+    ) -> float:
+        """Drain, then /sleep and confirm; or, with `preempt`, sleep at once with mode=keep
+        (its requests pause and resume after its next wake). Returns the sleep's ms."""
         t = victim.config.timeouts
+        if preempt:
+            return await self._sleep(victim, group, preempt=True)
         group.enter("draining", t.drain_s)
         try:
             async with asyncio.timeout(t.drain_s):
@@ -51,10 +56,14 @@ class Transitions:
             ) from None
         if victim.state is BackendState.FAILED and not victim.holds_memory:
             return 0.0  # its process died while it drained: nothing left to put to sleep
+        return await self._sleep(victim, group, preempt=False)
+
+    async def _sleep(self, victim: Backend, group: GpuGroup, *, preempt: bool) -> float:
+        t = victim.config.timeouts
         group.enter("sleeping", t.sleep_s)
         try:
             async with asyncio.timeout(t.sleep_s):
-                ms = await victim.sleep()
+                ms = await victim.sleep(preempt=preempt)
             self._metrics.sleep_seconds.labels(victim.name, str(victim.config.sleep_level)).observe(
                 ms / 1000
             )

@@ -5,6 +5,7 @@ policy serves the resident up to max_wait_s and switches a few times for the who
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -92,3 +93,35 @@ async def test_max_hold_ends_a_long_stream_with_an_error_event_and_serves_the_ot
     assert "max_hold_s=0.5s" in error
     assert len(rest) < 300, "ended long before its 400 tokens"
     assert fleet.counters("model-b")["requests_cancelled_by_client"] == 1, "vLLM aborted it"
+
+
+async def test_a_preemptible_model_pauses_its_stream_and_finishes_it_after_the_other(
+    fleet: Fleet,
+) -> None:
+    """model-b (preemptible) streams 300 tokens at 10 ms each; model-a waits. After max_wait_s
+    model-b sleeps with mode=keep - its stream stalls, nothing is aborted - model-a is served,
+    and model-b wakes again for its paused request: the same stream runs to its end."""
+    fleet.start(("model-a", []), ("model-b", ["--emu-itl-s", "0.01"]))
+    models: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b", "preemptible": True}]
+    gpus = [{"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0}}]
+    async with (
+        serve_proxy(config_for(fleet, models, gpus=gpus)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
+    ):
+        body = chat("model-b", max_tokens=300, stream=True, ignore_eos=True)
+        async with client.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.aiter_lines()
+            assert (await anext(lines)).startswith("data: ")
+            other = asyncio.create_task(client.post("/v1/chat/completions", json=chat("model-a")))
+            rest = [line async for line in lines if line]
+            served_first = other.done()
+        served = await other
+    assert served.status_code == 200
+    assert served_first, "model-a was served while model-b's stream was paused, not after it"
+    assert rest[-1] == "data: [DONE]"
+    assert not any('"error"' in line for line in rest), "nothing ended the stream early"
+    assert '"finish_reason":"length"' in rest[-2].replace(" ", "")
+    b = fleet.counters("model-b")
+    assert b.get("requests_cancelled_by_client", 0) == 0
+    assert b.get("requests_finished_abort", 0) == 0
+    assert b["sleeps_level_1"] >= 1

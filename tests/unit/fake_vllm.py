@@ -283,8 +283,11 @@ class FakeServer:
             return httpx.Response(400, json=error_body(str(exc), "BadRequestError", 400))
         if self.dead:
             return self._die()
-        if params.get("mode", "abort") == "wait":
+        mode = params.get("mode", "abort")
+        if mode == "wait":
             await self._until(request, lambda: self.running == 0)
+        elif mode == "keep":
+            self.stats["paused"] += self.running  # they resume after the wake
         else:
             self.stats["aborted"] += self.running
         if not self.sleeping_tags:  # else "Executor is already sleeping."

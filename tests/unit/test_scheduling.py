@@ -234,3 +234,39 @@ async def test_without_max_hold_a_stream_may_hold_until_drain_s() -> None:
             await r.lease("model-a")
         assert r.state("model-b") == "ready", "the drain gave up: model-b keeps serving"
         stream.release()
+
+
+async def test_a_busy_preemptible_model_pauses_instead_of_draining_and_gets_its_turn_back() -> None:
+    models: list[dict[str, Any]] = [
+        {"name": "model-a"},
+        {"name": "model-b", "preemptible": True},  # model-b: a long batch job, say
+    ]
+    async with rig(build_config(*models, scheduling=DEFAULT)) as r:
+        t0 = now()
+        job, _ = await r.lease("model-b")
+        a = r.request("model-a")
+        lease_a, _ = await a
+        assert now() - t0 == pytest.approx(5, abs=0.01), "max_wait_s, and no drain after it"
+        assert "model-b: POST /sleep?level=1&mode=keep" in r.vllm.log()
+        assert r.backend("model-b").paused == 1, "the job's request is paused, its lease held"
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="preempt") == 1
+        lease_a.release()
+        # model-b's paused request is demand: once model-a is idle past its linger, model-b
+        # wakes again by itself (no new request for it) and the job goes on
+        await asyncio.sleep(2)  # model-a's linger: 1 s before anything was measured
+        assert r.state("model-b") == "ready"
+        assert r.backend("model-b").paused == 0
+        assert r.backend("model-b").leases == 1, "the same lease, resumed"
+        job.release()
+
+
+async def test_a_preempted_model_whose_paused_requests_left_is_not_woken_for_nothing() -> None:
+    models: list[dict[str, Any]] = [{"name": "model-a"}, {"name": "model-b", "preemptible": True}]
+    async with rig(build_config(*models, scheduling=DEFAULT)) as r:
+        job, _ = await r.lease("model-b")
+        lease_a, _ = await r.lease("model-a")
+        job.release()  # its client left while it was paused
+        lease_a.release()
+        await asyncio.sleep(30)
+        assert r.state("model-b") == "asleep"
+        assert r.state("model-a") == "ready"
