@@ -20,6 +20,7 @@ class Member:
     state: BackendState
     holds_memory: bool
     last_used: float
+    busy: bool = False  # requests in flight or queued: evicted after the idle ones
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,10 @@ def plan_switch(target: str, members: Sequence[Member], max_awake: int) -> Plan:
     excess = len(others) - (max_awake - 1)
     if excess <= 0:
         return Plan()
+    # idle before busy (a long stream's model looks "least recently used" by its lease start),
+    # then the least recently used
     sleepable = sorted(
-        (m for m in others if m.state is BackendState.READY), key=lambda m: m.last_used
+        (m for m in others if m.state is BackendState.READY), key=lambda m: (m.busy, m.last_used)
     )
     if len(sleepable) < excess:
         stuck = tuple(sorted(m.name for m in others if m.state is not BackendState.READY))

@@ -59,11 +59,12 @@ class ModelView:
         return self.in_flight > 0 or bool(self.queue)
 
     def held_gib(self) -> float | None:
-        """GPU memory it holds now; None when that is not declared."""
-        if not self.holds_memory:
-            return 0.0
+        """GPU memory it holds now; None when that is not declared. Asleep it still holds its
+        residual (CUDA context, ...), though the plan counts no slot for it."""
         if self.state is BackendState.ASLEEP:
             return self.asleep_memory_gib if self.asleep_memory_gib is not None else self.memory_gib
+        if not self.holds_memory:
+            return 0.0  # stopped, or a dead process
         return self.memory_gib
 
 
@@ -136,7 +137,10 @@ def decide(view: GroupView, now: float) -> Decision:
         return HOLD
     names = tuple(m.name for m in order)
     target = order[0]
-    members = [Member(m.name, m.state, m.holds_memory, m.last_used or 0.0) for m in view.models]
+    members = [
+        Member(m.name, m.state, m.holds_memory, m.last_used or 0.0, busy=m.busy)
+        for m in view.models
+    ]
     plan = plan_switch(target.name, members, view.max_awake)
     if plan.blocked_by:
         return Decision(target.name, blocked_by=plan.blocked_by, reason="blocked", waiting=names)
@@ -182,8 +186,9 @@ def _evictable(
 ) -> tuple[bool, str, float | None]:
     """(may it be put to sleep for `target` now, why (not), when that may change)."""
     since = victim.ready_since if victim.ready_since is not None else now
-    waited_enough = now - target.queue[0] >= view.max_wait_s
-    resided_enough = now - since >= view.min_residency_s
+    # compared as the deadlines recheck_at is made of: no rounding between the two
+    waited_enough = now >= target.queue[0] + view.max_wait_s
+    resided_enough = now >= since + view.min_residency_s
     if waited_enough and resided_enough:
         # a busy preemptible victim pauses (mode=keep) instead of draining
         return True, "preempt" if victim.busy and victim.preemptible else "max_wait", None
@@ -192,6 +197,6 @@ def _evictable(
         return False, "min_residency" if waited_enough else "serving", forced_at
     idle_since = max(victim.last_used or since, since)
     linger = (victim.sleep_cost_s + victim.wake_cost_s) / len(target.queue)
-    if now - idle_since >= linger:
+    if now >= idle_since + linger:
         return True, "early_sleep", None
     return False, "linger", min(idle_since + linger, forced_at)

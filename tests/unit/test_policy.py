@@ -222,7 +222,7 @@ def test_two_victims_hold_until_the_first_can_change() -> None:
         asleep("t", 9.0),
     )
     d = decide(view, now=10.0)
-    assert (d.victims, d.switch_now, d.reason) == (("busy", "idle"), False, "serving")
+    assert (d.victims, d.switch_now, d.reason) == (("idle", "busy"), False, "linger")
     assert d.recheck_at == 13.0  # idle's linger (9 + 4) before busy's max_wait (14)
     assert decide(view, 13.0).reason == "serving"  # idle may go, busy not yet
     assert decide(view, 14.0).switch_now
@@ -315,11 +315,6 @@ def test_fifo_evicts_the_least_recently_used() -> None:
     assert decide(view, now=10.0).victims == ("old",)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead decides: victims are the least recently used by last lease start/end, so a model "
-    "busy with one long stream looks older than an idle one; proposed: idle before busy",
-)
 def test_an_idle_model_makes_room_before_a_busy_one() -> None:
     view = group(
         awake("streaming", used=1.0, busy=1),  # one long stream since t=1
