@@ -9,7 +9,9 @@ It plays the switcher's side of the contract, as the policy sees it:
   - while no switch runs, the group decides after every event, and again at `recheck_at`;
   - a switch is single flight: drain the victims (no new leases for them; their in-flight
     requests finish), sleep them one after the other, wake the target; with `wake_first` the
-    target wakes first and the victims are drained and slept afterwards;
+    target wakes first and the victims are drained and slept afterwards; a victim in `preempt`
+    is not drained: its running requests pause as it starts to sleep (mode=keep), count as
+    demand since then (as switching/demand.py reports them), and run on at its next wake;
   - each snapshot is what switching/demand.py builds: `holds_memory` as backends/backend.py sets
     it (False once ASLEEP), `ready_since` when it last became READY, `last_used` at every lease
     and release, the model's switch costs.
@@ -48,6 +50,7 @@ class Spec:
     memory_gib: float | None = None  # declared, and what it really holds awake
     asleep_memory_gib: float | None = None  # declared (None: the policy must assume memory_gib)
     residual_gib: float = 0.0  # what it really holds asleep (the ledger's truth)
+    preemptible: bool = False
 
 
 @dataclass
@@ -68,6 +71,9 @@ class Request:
     client: Client | None = None
     start: float | None = None
     end: float | None = None
+    due: float = 0.0  # when it ends if nothing pauses it (while paused: what is left of it)
+    pauses: list[tuple[float, float]] = field(default_factory=list)  # (paused, resumed)
+    runs: int = 0  # bumped by each pause and resume: a stale end event is ignored
 
     @property
     def wait(self) -> float:
@@ -98,11 +104,17 @@ class _Member:
     spec: Spec
     state: BackendState = BackendState.ASLEEP
     queue: deque[Request] = field(default_factory=deque)
-    in_flight: int = 0
+    running: list[Request] = field(default_factory=list)
+    paused: list[Request] = field(default_factory=list)
+    paused_since: float | None = None
     draining: bool = False
     ready_since: float | None = None
     last_used: float | None = None
     state_since: float = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
 
 
 class Sim:
@@ -133,6 +145,7 @@ class Sim:
         self.switches: list[Switch] = []
         self.spans: list[Span] = []
         self.decisions = 0
+        self.events = 0
         self.max_overlap = 0  # most models holding memory at once, beyond max_awake
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -160,10 +173,11 @@ class Sim:
             self.arrive(at, client.model, client.services[client.sent - 1], client)
 
     # ----- the loop ------------------------------------------------------------------------------
-    def run(self, max_events: int = 1_000_000) -> None:
+    def run(self, max_events: int = 100_000) -> None:  # the tests' runs need < 2,000
         for _ in range(max_events):
             if not self._events:
                 break
+            self.events += 1
             at, _, step = heapq.heappop(self._events)
             self.now = at
             step()
@@ -192,14 +206,20 @@ class Sim:
             while m.queue and m.state is BackendState.READY and not m.draining:
                 r = m.queue.popleft()
                 r.start = self.now
-                m.in_flight += 1
-                m.last_used = self.now
-                self._at(self.now + r.service_s, partial(self._done, r))
+                self._run(m, r, self.now + r.service_s)
 
-    def _done(self, r: Request) -> None:
+    def _run(self, m: _Member, r: Request, due: float) -> None:
+        m.running.append(r)
+        m.last_used = self.now
+        r.due, r.runs = due, r.runs + 1
+        self._at(due, partial(self._done, r, r.runs))
+
+    def _done(self, r: Request, run: int) -> None:
+        if run != r.runs:
+            return  # it was paused meanwhile
         m = self.members[r.model]
         r.end = self.now
-        m.in_flight -= 1
+        m.running.remove(r)
         m.last_used = self.now
         if r.client is not None:
             self._send(r.client, self.now + r.client.think_s)
@@ -214,13 +234,15 @@ class Sim:
                 name=m.spec.name,
                 state=m.state,
                 holds_memory=m.state in HOLDERS,
-                queue=tuple(r.arrival for r in m.queue),
+                queue=tuple(m.paused_since for _ in m.paused if m.paused_since is not None)
+                + tuple(r.arrival for r in m.queue),
                 in_flight=m.in_flight,
                 ready_since=m.ready_since,
                 last_used=m.last_used,
                 sleep_cost_s=m.spec.sleep_s,
                 wake_cost_s=m.spec.wake_s,
                 priority=m.spec.priority,
+                preemptible=m.spec.preemptible,
                 memory_gib=m.spec.memory_gib,
                 asleep_memory_gib=m.spec.asleep_memory_gib,
             )
@@ -261,8 +283,13 @@ class Sim:
         sw = Switch(self.now, d.target, d.victims, d.wake_first, d.reason)
         self._switch = sw
         self.switches.append(sw)
-        drain_and_sleep: list[Callable[[], None]] = [partial(self._begin_drain, d.victims)]
-        drain_and_sleep += [partial(self._transition, v, BackendState.SLEEPING) for v in d.victims]
+        if not set(d.preempt) <= set(d.victims):
+            raise SimError(f"preempting a model that is not a victim: {d}")
+        drained = tuple(v for v in d.victims if v not in d.preempt)
+        drain_and_sleep: list[Callable[[], None]] = [partial(self._begin_drain, drained)]
+        for v in d.victims:
+            sleep = partial(self._transition, v, BackendState.SLEEPING, v in d.preempt)
+            drain_and_sleep.append(sleep)
         wake: list[Callable[[], None]] = [partial(self._transition, sw.target, BackendState.WAKING)]
         steps = wake + drain_and_sleep if d.wake_first else drain_and_sleep + wake
         self._steps = deque([*steps, self._finish])
@@ -279,11 +306,17 @@ class Sim:
         else:
             self._drain = victims
 
-    def _transition(self, name: str, via: BackendState) -> None:
+    def _transition(self, name: str, via: BackendState, preempt: bool = False) -> None:
         m = self.members[name]
         assert m.state is (
             BackendState.READY if via is BackendState.SLEEPING else BackendState.ASLEEP
         )
+        if preempt:  # mode=keep: what runs now pauses, and waits for the next wake
+            for r in m.running:
+                r.runs += 1
+                r.due -= self.now
+                r.pauses.append((self.now, -1.0))
+            m.paused, m.running, m.paused_since = m.running, [], self.now
         assert m.in_flight == 0 or via is BackendState.WAKING
         self._set(m, via)
         cost = m.spec.sleep_s if via is BackendState.SLEEPING else m.spec.wake_s
@@ -294,7 +327,11 @@ class Sim:
                 self._set(m, BackendState.ASLEEP)
             else:
                 self._set(m, BackendState.READY)
-                m.ready_since = self.now
+                m.ready_since, m.paused_since = self.now, None
+                for r in m.paused:
+                    r.pauses[-1] = (r.pauses[-1][0], self.now)
+                    self._run(m, r, self.now + r.due)
+                m.paused = []
             self._next()
 
         self._at(self.now + cost, land)
