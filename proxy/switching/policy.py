@@ -8,8 +8,7 @@ what it returns. Stateless. docs/scheduling.md explains the rules with a timelin
   - the target is the waiting model (requests queued, not awake) with the highest `priority`,
     then the oldest waiting request (oldest-first bounds every wait; weighting by queue length
     would serve crowds faster but can starve a model with one request);
-  - a free slot (`max_awake`) or enough declared memory: switch at once, nobody is evicted
-    first;
+  - a free slot (`max_awake`): switch at once, nobody is evicted first;
   - otherwise each victim (the least recently used awake models, `plan.py`) must be evictable:
       * busy (requests in flight or queued): only once the target's oldest request waited
         `max_wait_s` *and* the victim had the GPU `min_residency_s` (reason `max_wait`);
@@ -60,12 +59,13 @@ class ModelView:
 
     def held_gib(self) -> float | None:
         """GPU memory it holds now; None when that is not declared. Asleep it still holds its
-        residual (CUDA context, ...), though the plan counts no slot for it."""
-        if self.state is BackendState.ASLEEP:
-            return self.asleep_memory_gib if self.asleep_memory_gib is not None else self.memory_gib
-        if not self.holds_memory:
-            return 0.0  # stopped, or a dead process
-        return self.memory_gib
+        residual (CUDA context, ...), though the plan counts no slot for it; so does a FAILED
+        one that holds no more than that (confirmed asleep, or dead: counted, to be safe)."""
+        if self.state is BackendState.STOPPED:
+            return 0.0  # no process
+        if self.holds_memory:
+            return self.memory_gib
+        return self.asleep_memory_gib if self.asleep_memory_gib is not None else self.memory_gib
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,15 @@ def _evictable(
     waited_enough = now >= target.queue[0] + view.max_wait_s
     resided_enough = now >= since + view.min_residency_s
     if waited_enough and resided_enough:
-        # a busy preemptible victim pauses (mode=keep) instead of draining
-        return True, "preempt" if victim.busy and victim.preemptible else "max_wait", None
+        if not (victim.busy and victim.preemptible):
+            return True, "max_wait", None
+        # a busy preemptible victim pauses (mode=keep) instead of draining - once it has held
+        # the GPU for its own round trip: else two of them trade it forever, each paused the
+        # moment it wakes (found by the simulator with min_residency_s 0)
+        paused_at = since + victim.sleep_cost_s + victim.wake_cost_s
+        if now >= paused_at:
+            return True, "preempt", None
+        return False, "min_residency", paused_at
     forced_at = max(target.queue[0] + view.max_wait_s, since + view.min_residency_s)
     if victim.busy:
         return False, "min_residency" if waited_enough else "serving", forced_at

@@ -230,13 +230,6 @@ def test_wake_first_only_on_declared_room(snapshot: tuple[GroupView, float]) -> 
     assert others + target.memory_gib <= view.memory_gib
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead decides: a FAILED member with holds_memory=False counts 0 GiB, but a victim "
-    "whose /sleep failed and that is confirmed asleep (switching/transitions.py) is FAILED with "
-    "holds_memory=False and still holds its sleep residual; proposed: count the residual unless "
-    "its process is known dead",
-)
 def test_a_failed_member_confirmed_asleep_counts_its_residual() -> None:
     view = GroupView(
         "g0",
