@@ -105,7 +105,7 @@ async def test_a_drain_that_does_not_end_aborts_the_switch_and_the_victim_keeps_
 
 
 async def test_a_request_refused_by_a_drain_that_then_timed_out_is_served_at_once() -> None:
-    """BUG: a request for model-b that came during model-b's drain waits on the backend's change
+    """A former bug, fixed: a request for model-b that came during model-b's drain waits on the backend's change
     event; when the drain times out, Transitions clears `draining` without notifying, so that
     request sleeps on until some lease of model-b is released - here the very stream the drain
     could not outwait - or its queue timeout (503), while model-b is READY and serves newer

@@ -165,9 +165,9 @@ def test_every_hold_ends_at_its_forced_time(
     """On a frozen snapshot, following recheck_at reaches a switch in a few steps (one per
     victim and bound), and no later than every victim's max(max_wait, min_residency) point (for
     a busy preemptible victim: or its round trip after its wake, see the livelock test below);
-    and a switch stays a switch as time passes. FAILS today where `now - arrival >=
-    max_wait_s` is false at now = arrival + max_wait_s (float rounding): recheck_at == now,
-    forever (test_policy.py has the minimal case)."""
+    and a switch stays a switch as time passes. It once failed where `now - arrival >=
+    max_wait_s` was false at now = arrival + max_wait_s (float rounding): recheck_at == now,
+    forever (test_policy.py has the minimal case); fixed."""
     view, now = snapshot
     view = replace(view, policy="default")
     note(f"{view!r} at {now!r}")
@@ -215,7 +215,7 @@ def true_held(m: ModelView) -> float:
 @FAST
 @given(snapshots())
 def test_wake_first_only_on_declared_room(snapshot: tuple[GroupView, float]) -> None:
-    """FAILS today: an ASLEEP member (holds_memory=False) is counted as holding nothing."""
+    """It once failed: an ASLEEP member (holds_memory=False) was counted as holding nothing."""
     view, now = snapshot
     note(f"{view!r} at {now!r}")
     d = decide(view, now)

@@ -201,7 +201,7 @@ async def test_a_backend_that_exits_while_starting_fails_with_its_output() -> No
 
 
 async def test_a_command_that_cannot_be_spawned_fails_the_backend_without_blocking() -> None:
-    """BUG: create_subprocess_exec raises (no such file): nothing was started, but
+    """A former bug, fixed: create_subprocess_exec raises (no such file): nothing was started, but
     _abandon_start still kills it, and the kill waits on a process that never existed
     (ManagedProcess.wait asserts): an AssertionError escapes the switch instead of the 503, and
     the backend stays FAILED holding (imaginary) memory, blocking its GPU group."""
@@ -229,7 +229,7 @@ async def test_a_crash_while_starting_counts_as_a_crash() -> None:
 
 
 async def test_a_process_that_exits_at_once_counts_as_a_crash() -> None:
-    """BUG (race): the start sees the process gone and gives up; _abandon_start then kills it,
+    """A former bug (race), fixed: the start sees the process gone and gives up; _abandon_start then kills it,
     and kill() sets `stopping` before the exit watcher resumes and reads it: the exit is taken
     for our own kill, not counted as a crash - no backoff, and it never reaches max_restarts."""
     config = build_config(supervised("model-a"), supervised("model-b", start="lazy"))
@@ -271,7 +271,7 @@ async def test_a_crash_mid_wake_fails_the_switch_and_brings_the_victim_back() ->
 
 
 async def test_a_crash_mid_wake_counts_as_a_crash() -> None:
-    """BUG (race), as above: the failed wake's kill() of the already dead process sets
+    """A former bug (race) as above, fixed: the failed wake's kill() of the already dead process sets
     `stopping` before the exit watcher resumes, so the crash is not counted: no backoff."""
     async with rig(TWO) as r:
         gate = r.server("model-a").hold("POST", "/wake_up")
@@ -284,7 +284,7 @@ async def test_a_crash_mid_wake_counts_as_a_crash() -> None:
 
 
 async def test_a_victim_that_crashes_mid_drain_does_not_fail_the_switch() -> None:
-    """BUG: the exit watcher marks the draining victim FAILED with its memory free; once the
+    """A former bug, fixed: the exit watcher marks the draining victim FAILED with its memory free; once the
     drain ends, put_to_sleep still sleeps it - an illegal FAILED -> SLEEPING, caught as a
     failed sleep - kills it again and answers 503, though the target could simply wake."""
     async with rig(TWO) as r:
