@@ -93,7 +93,6 @@ class Backend:
         self.name = config.name
         self.control = control
         self.state = BackendState.UNKNOWN
-        self.leases = 0
         self.draining = False
         self.early_waiters = 0
         self.holds_memory = True
@@ -159,7 +158,6 @@ class Backend:
             return None
         if ticket is not None:
             self.drop_ticket(ticket)
-        self.leases += 1
         self.last_used = self.clock.monotonic()
         lease = Lease(self)
         self._live.add(lease)
@@ -167,7 +165,6 @@ class Backend:
 
     def _release(self, lease: Lease) -> None:
         self._live.discard(lease)
-        self.leases -= 1
         self.last_used = self.clock.monotonic()
         self._notify()
 
@@ -197,6 +194,11 @@ class Backend:
     async def wait_changed(self) -> None:
         """Until the next change of state, leases or waiters."""
         await self._changed.wait()
+
+    @property
+    def leases(self) -> int:
+        """Requests currently forwarded to the backend (streams included)."""
+        return len(self._live)
 
     @property
     def paused(self) -> int:

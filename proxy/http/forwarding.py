@@ -324,8 +324,8 @@ class UpstreamResponse(Response):
                     await self._send_whole(send, watch, b"".join(held))
                     return
             except httpx.HTTPError as exc:
-                if self._revoked is not None:
-                    await self._send_revoked(send)
+                if self._revoked is not None:  # ended before anything of the body went out
+                    await self._send_error(send, BackendUnavailableError(self._revoked), "revoked")
                 else:
                     await self._send_failure(send, exc)
                 return
@@ -376,25 +376,15 @@ class UpstreamResponse(Response):
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _send_revoked(self, send: Send) -> None:
-        """Ended before anything of the body went out: the proxy's 503 instead."""
-        error = BackendUnavailableError(self._revoked or "ended early")
-        self._ended = (error.status_code, "revoked")
-        failed = render_error(error)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": failed.status_code,
-                "headers": failed.raw_headers,
-            }
-        )
-        await send({"type": "http.response.body", "body": failed.body})
-
     async def _send_failure(self, send: Send, exc: httpx.HTTPError) -> None:
         """The backend broke a body before anything of it went out: an OpenAI error instead."""
         error = upstream_failure(f"backend {self._backend!r} broke its response body", exc)
         log.warning("%s", error.message)
-        self._ended = (error.status_code, "upstream_failed")
+        await self._send_error(send, error, "upstream_failed")
+
+    async def _send_error(self, send: Send, error: ProxyError, why: str) -> None:
+        """The proxy's error instead of a body not sent yet, with this request's own headers."""
+        self._ended = (error.status_code, why)
         failed = render_error(error)
         ours = [(k, v) for k, v in self.raw_headers if k in _TIMING or k == b"x-request-id"]
         headers = failed.raw_headers + ours

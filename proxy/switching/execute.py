@@ -30,6 +30,20 @@ from proxy.switching.transitions import Transitions
 log = logging.getLogger("proxy.switching.switcher")
 
 
+def apply_exit(backend: Backend, code: int) -> bool:
+    """`backend`'s process died by itself: FAILED with its memory free. False (nothing done)
+    while a step has it in a memory call (sleeping, waking, starting): that step fails on its
+    next call, and the exit is applied after it (`SwitchRunner.exited`)."""
+    if backend.state is BackendState.FAILED:
+        backend.holds_memory = False
+        backend.notify_changed()
+    elif backend.state in (BackendState.READY, BackendState.ASLEEP):
+        backend.mark_failed(f"process exited with {code}", holds_memory=False)
+    elif backend.state is not BackendState.STOPPED:
+        return False
+    return True
+
+
 class SwitchRunner:
     def __init__(
         self,
@@ -50,12 +64,7 @@ class SwitchRunner:
 
     def _apply_exits(self) -> None:
         for name, code in self._exits.items():
-            b = self._backends[name]
-            if b.state is BackendState.FAILED:
-                b.holds_memory = False
-                b.notify_changed()
-            elif b.state in (BackendState.READY, BackendState.ASLEEP):
-                b.mark_failed(f"process exited with {code}", holds_memory=False)
+            apply_exit(self._backends[name], code)
         self._exits.clear()
 
     async def switch(

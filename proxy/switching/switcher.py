@@ -50,7 +50,7 @@ from proxy.config import ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
 from proxy.switching.demand import Demand
-from proxy.switching.execute import SwitchRunner
+from proxy.switching.execute import SwitchRunner, apply_exit
 from proxy.switching.group import GpuGroup
 from proxy.switching.policy import decide
 from proxy.switching.single_flight import SingleFlight
@@ -270,12 +270,7 @@ class Switcher:
         unless a switch step has the backend in a memory call right now (sleeping, waking,
         starting): that step fails on its next call, and its outcome is corrected after it. A
         draining victim is marked at once; the step skips its sleep (nothing left to free)."""
-        if backend.state is BackendState.FAILED:
-            backend.holds_memory = False
-            backend.notify_changed()
-        elif backend.state in (BackendState.READY, BackendState.ASLEEP):
-            backend.mark_failed(f"process exited with {code}", holds_memory=False)
-        else:
+        if not apply_exit(backend, code):
             self._runner.exited(backend, code)
 
     # ----- idle sleep -----------------------------------------------------------------------------

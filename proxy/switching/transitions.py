@@ -159,16 +159,18 @@ class Transitions:
         confirm. Its state stays UNKNOWN (start-up then adopts it as asleep); False (and
         FAILED, holding memory: nobody knows what it holds) if that failed."""
         t = backend.config.timeouts
+        limit_s = t.wake_s  # of the phase running, for the message
         try:
-            async with asyncio.timeout(t.wake_s):
+            async with asyncio.timeout(limit_s):
                 await backend.control.wake(2)
-            async with asyncio.timeout(t.sleep_s):
+            limit_s = t.sleep_s
+            async with asyncio.timeout(limit_s):
                 await backend.control.sleep(2)
                 if not await backend.control.is_sleeping():
                     raise ControlError("/sleep answered 200 but /is_sleeping is false")
             return True
         except (TimeoutError, ControlError) as exc:
-            reason = f"level-2 reset at start-up failed: {describe(exc, t.wake_s)}"
+            reason = f"level-2 reset at start-up failed: {describe(exc, limit_s)}"
             backend.mark_failed(reason, holds_memory=True)
             return False
 
