@@ -9,7 +9,9 @@ load starts with its first model resident); the load then runs for `--duration` 
 proxy's counters are read at the window's start and end.
 
   closed-kN  N closed-loop clients, client i on model i mod 3 (k=6: two clients per model)
-  poisson    open-loop Poisson arrivals at `--rate`, popularity 70/20/10 %
+  poisson-R  open-loop Poisson arrivals at R requests/s for each R of `--rates`, popularity
+             70/20/10 % (an open loop's throughput is its offered load until a policy
+             saturates: the rates go past naive's capacity to show where each one does)
   pipeline   `--pipelines` concurrent pipelines classify -> caption -> rerank, each starting
              at its own stage (not one herd)
 
@@ -17,10 +19,12 @@ Each request is a short chat completion (`--max-tokens` 16). Per run: requests c
 within the window give the throughput), latency p50/p99, queue wait p50/p99 (every answer's
 `x-vllm-switch-queue-ms`), the share of requests that waited for a wake, switches per request
 (`vllm_switch_switches_total`, ok), the share of the window spent switching
-(`vllm_switch_switching_seconds_total`), errors (goal 0: a non-200, a transport error, a request
-unfinished at the end), and invariants 1 and 2 from the emulators. `targets` holds the issue's
-goals for `default` against `fifo` (FIFO with join, as llama-swap: requests for the model being
-switched to join that switch). The emulators leave Nagle on, as vLLM 0.26 does: on a keep-alive
+(`vllm_switch_switching_seconds_total`), errors (goal 0 for `default`: a non-200, a transport
+error, a request unfinished at the end; a saturated baseline may time out), and invariants 1
+and 2 from the emulators (goal 0 for every policy). The policies: `naive` (strict FIFO:
+requests start in arrival order across the GPU, each model change a switch), `fifo` (FIFO with
+join, as llama-swap: requests for the model being switched to join that switch) and `default`.
+`targets` holds the issue's goals for `default` against `naive` of the same run. The emulators leave Nagle on, as vLLM 0.26 does: on a keep-alive
 connection that goes straight on to its next request, each answer's body waits for the proxy's
 delayed ACK (~40 ms); `--emu-nodelay` turns that off.
 
@@ -73,6 +77,7 @@ class Workload:
     kind: str  # closed | poisson | pipeline
     models: tuple[str, ...]
     clients: int
+    rate: float = 0.0  # poisson: arrivals per second
 
 
 @dataclass
@@ -263,7 +268,7 @@ async def run_one(
         elif w.kind == "pipeline":
             load = [s.pipeline(w.models, i % 3) for i in range(w.clients)]
         else:
-            load = [s.poisson(w.models, args.rate, random.Random(args.seed))]
+            load = [s.poisson(w.models, w.rate, random.Random(args.seed))]
         tasks = [asyncio.create_task(coro) for coro in load]
         await asyncio.sleep(args.duration)
         at_end = await counters(c, urls, ledger)
@@ -283,7 +288,7 @@ async def run(args: argparse.Namespace, urls: list[str], work: Path) -> list[dic
     assert me is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)  # stop what we started
     ws = [Workload(f"closed-k{k}", "closed", EMULATED, k) for k in args.clients]
-    ws += [Workload("poisson", "poisson", EMULATED, 0)]
+    ws += [Workload(f"poisson-{r:g}", "poisson", EMULATED, 0, r) for r in args.rates]
     ws += [Workload("pipeline", "pipeline", PIPELINE, args.pipelines)]
     rows = []
     for w in [w for w in ws if not args.only or w.name in args.only]:
@@ -309,10 +314,11 @@ def parse_args() -> argparse.Namespace:
     ints = lambda v: [int(x) for x in v.split(",")]  # noqa: E731
     p.add_argument("--duration", type=float, default=25.0, help="seconds of load per run")
     p.add_argument("--clients", type=ints, default=None, help="closed-loop k (2,3,6)")
-    p.add_argument("--rate", type=float, default=20.0, help="poisson: arrivals per second")
+    floats = lambda v: [float(x) for x in v.split(",")]  # noqa: E731
+    p.add_argument("--rates", type=floats, default=None, help="poisson arrivals/s (10,20,40)")
     p.add_argument("--pipelines", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=16)
-    p.add_argument("--policies", type=lambda v: v.split(","), default=["fifo", "default"])
+    p.add_argument("--policies", type=lambda v: v.split(","), default=["naive", "fifo", "default"])
     p.add_argument("--max-wait-s", type=float, default=None, help="scheduling.max_wait_s (5)")
     p.add_argument("--min-residency-s", type=float, default=None, help="... min_residency_s (2)")
     p.add_argument("--weights-gib", type=float, default=1.11, help="emulated weights (0.6B: 1.11)")
@@ -328,9 +334,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--note", default="", help="recorded as is (e.g. which code was measured)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    defaults = {"clients": [2, 6], "max_wait_s": 1.0, "min_residency_s": 0.5}
+    defaults: dict[str, Any] = {"clients": [2, 6], "rates": [20.0]}
+    defaults |= {"max_wait_s": 1.0, "min_residency_s": 0.5}
     if not args.quick:
-        defaults = {"clients": [2, 3, 6], "max_wait_s": 5.0, "min_residency_s": 2.0}
+        defaults = {"clients": [2, 3, 6], "rates": [10.0, 20.0, 40.0]}
+        defaults |= {"max_wait_s": 5.0, "min_residency_s": 2.0}
     for name, value in defaults.items():  # the config's defaults, shorter waits in quick runs
         setattr(args, name, value if getattr(args, name) is None else getattr(args, name))
     args.duration = 1.0 if args.quick else args.duration
@@ -373,9 +381,14 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(table(rows))  # noqa: T201
     for goal, t in report["targets"].items():
-        print(f"{'met ' if t['met'] else 'MISS'} {goal}: {t['value']}")  # noqa: T201
+        verdict = {True: "met ", False: "MISS", None: "    "}[t["met"]]
+        print(f"{verdict} {goal}: {t['value']}")  # noqa: T201
     print(f"{report['wall_s']} s; {out}")  # noqa: T201
-    broken = [r for r in rows if r["errors"] or any(r["invariants"].values())]
+    broken = [
+        r
+        for r in rows
+        if (r["errors"] and r["policy"] == "default") or any(r["invariants"].values())
+    ]
     sys.exit(f"errors or broken invariants in {len(broken)} run(s)" if broken else 0)
 
 

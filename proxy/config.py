@@ -162,11 +162,13 @@ class ModelConfig(_Strict):
 class SchedulingConfig(_Strict):
     """How a GPU group picks its next switch (docs/scheduling.md)."""
 
-    policy: Literal["default", "fifo"] = Field(
+    policy: Literal["default", "fifo", "naive"] = Field(
         default="default",
         description="default: serve the resident model first, bounded by max_wait_s, and switch "
         "for idle models only after their measured switch-back cost; fifo: switch to the model of "
-        "the oldest waiting request at once (for comparison)",
+        "the oldest waiting request at once, requests for the model being switched to join that "
+        "switch (as llama-swap); naive: requests start strictly in arrival order across the group "
+        "(both for comparison)",
     )
     max_wait_s: float = Field(
         default=5.0,
@@ -199,7 +201,21 @@ class GpuConfig(_Strict):
         "memory_gib declared, a target that fits beside the resident wakes first and the victim "
         "sleeps afterwards",
     )
+    nvml_device: int | str | None = Field(
+        default=None,
+        description="the GPU's NVML index (0, 1, ...) or UUID (GPU-...): wake-first may then also "
+        "be decided on the free memory NVML measures (needs the nvml extra, nvidia-ml-py)",
+    )
     scheduling: SchedulingConfig = SchedulingConfig()
+
+    @field_validator("nvml_device")
+    @classmethod
+    def _nvml_device(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("an NVML index is 0 or more")
+        if isinstance(v, str) and not v.startswith(("GPU-", "MIG-")):
+            raise ValueError("an NVML UUID starts with GPU- or MIG-; give an index as a number")
+        return v
 
 
 class LimitsConfig(_Strict):

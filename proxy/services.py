@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 
 from proxy.backends import Backend, VllmControl
+from proxy.backends.gpu_memory import GpuMemory, open_gpu_memory
 from proxy.backends.process import Process
 from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
-from proxy.config import ModelConfig, ProxyConfig
+from proxy.config import GpuConfig, ModelConfig, ProxyConfig
 from proxy.errors import InvalidRequestError, ModelNotFoundError
 from proxy.observability.metrics import Metrics
 from proxy.switching.startup import start_up
@@ -68,9 +69,11 @@ class Services:
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Clock | None = None,
         launcher: Callable[[ModelConfig], Process] | None = None,
+        gpu_memory: Callable[[GpuConfig], GpuMemory | None] = open_gpu_memory,
     ) -> Services:
-        """The object graph. `transport` (control calls and forwarding), `clock` and `launcher`
-        (how a supervised backend's process is made) are the seams tests replace."""
+        """The object graph. `transport` (control calls and forwarding), `clock`, `launcher`
+        (how a supervised backend's process is made) and `gpu_memory` (a GPU group's free
+        memory reader) are the seams tests replace."""
         clock = clock or SystemClock()
         limits = httpx.Limits(
             max_connections=None,
@@ -96,7 +99,7 @@ class Services:
             clock=clock,
             launcher=launcher,
         )
-        switcher = Switcher(config, backends, metrics, supervisor, clock)
+        switcher = Switcher(config, backends, metrics, supervisor, clock, gpu_memory)
         metrics.watch(switcher.live)
         return cls(
             config, client, transport, backends, switcher, by_name, timeouts, metrics, supervisor

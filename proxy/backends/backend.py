@@ -181,9 +181,9 @@ class Backend:
     def measured(self, *, sleep_s: float | None = None, wake_s: float | None = None) -> None:
         """Fold one measured sleep or wake (+ warm-up) into the moving averages."""
         if sleep_s is not None:
-            self.sleep_cost_s = _ewma(self.sleep_cost_s, sleep_s)
+            self.sleep_cost_s = ewma(self.sleep_cost_s, sleep_s)
         if wake_s is not None:
-            self.wake_cost_s = _ewma(self.wake_cost_s, wake_s)
+            self.wake_cost_s = ewma(self.wake_cost_s, wake_s)
 
     def _ms_since(self, t0: float) -> float:
         return round((self.clock.monotonic() - t0) * 1000, 3)
@@ -273,5 +273,5 @@ class Backend:
 COST_WEIGHT = 0.3  # of the newest measurement in the moving average
 
 
-def _ewma(average: float | None, sample: float) -> float:
+def ewma(average: float | None, sample: float) -> float:
     return sample if average is None else (1 - COST_WEIGHT) * average + COST_WEIGHT * sample

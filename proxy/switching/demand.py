@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from proxy.backends import Backend, BackendState
 from proxy.clock import Clock
 from proxy.config import GpuConfig
+from proxy.switching.costs import SwitchCosts
 from proxy.switching.group import GpuGroup
 from proxy.switching.policy import DEFAULT_COST_S, GroupView, ModelView
 
@@ -36,6 +37,15 @@ class Demand:
         self._since[name].remove(at)  # the first equal one: any of equal arrivals is the same
         group.notify()
 
+    def older_elsewhere(self, name: str, at: float | None, group: GpuGroup) -> bool:
+        """Does a request for another member of `group` wait that arrived before `at` (None:
+        any time)?"""
+        return any(
+            q[0] < at if at is not None else True
+            for b in group.members
+            if b.name != name and (q := self._since[b.name])
+        )
+
     def queue(self, name: str) -> tuple[float, ...]:
         return tuple(self._since[name])
 
@@ -45,10 +55,15 @@ class Demand:
         return paused + self.queue(b.name)
 
     def view(
-        self, group: GpuGroup, gpu: GpuConfig, can_start: Callable[[Backend], bool]
+        self,
+        group: GpuGroup,
+        gpu: GpuConfig,
+        can_start: Callable[[Backend], bool],
+        costs: SwitchCosts,
     ) -> GroupView:
-        """The policy's snapshot of `group` now. A FAILED member that may not be started again
-        has no demand (its requests are refused at once, not scheduled)."""
+        """The policy's snapshot of `group` now (free memory read from its NVML probe, if
+        any). A FAILED member that may not be started again has no demand (its requests are
+        refused at once, not scheduled)."""
         models = []
         for b in group.members:
             failed = b.state is BackendState.FAILED and not can_start(b)
@@ -67,6 +82,7 @@ class Demand:
                     preemptible=b.config.preemptible,
                     memory_gib=b.config.memory_gib,
                     asleep_memory_gib=b.config.asleep_memory_gib,
+                    wake_gib=costs.wake_gib(b.name),
                 )
             )
         s = gpu.scheduling
@@ -78,4 +94,6 @@ class Demand:
             max_wait_s=s.max_wait_s,
             min_residency_s=s.min_residency_s,
             memory_gib=gpu.memory_gib,
+            free_gib=None if group.memory is None else group.memory.free_gib(),
+            pair_costs=costs.pairs([b.name for b in group.members]),
         )

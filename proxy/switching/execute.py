@@ -10,7 +10,8 @@ room (a killed target holds none); then the waiters get the 503.
 State: none of its own beyond the exits the supervisor reported for backends in a step (applied
 when the step is over, see `Switcher.report_exit`) and its background wake-first follow-ups.
 It writes backend state only through the steps it runs (transitions.py) and `set_state(READY)`,
-always under the group's lock, and folds measured costs into each backend (`Backend.measured`).
+always under the group's lock, and folds measured costs into each backend (`Backend.measured`)
+and into the SwitchCosts (per pair, and the free memory each wake took where NVML reads it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from proxy.backends import Backend, BackendState, WakeTimings
 from proxy.clock import Clock
 from proxy.errors import BackendUnavailableError
 from proxy.observability.metrics import Metrics
+from proxy.switching.costs import SwitchCosts
 from proxy.switching.group import GpuGroup
 from proxy.switching.policy import Decision
 from proxy.switching.transitions import Transitions
@@ -51,7 +53,9 @@ class SwitchRunner:
         metrics: Metrics,
         clock: Clock,
         backends: Mapping[str, Backend],
+        costs: SwitchCosts,
     ) -> None:
+        self._costs = costs
         self._steps = steps
         self._metrics = metrics
         self._clock = clock
@@ -85,10 +89,12 @@ class SwitchRunner:
                     victim.measured(sleep_s=ms / 1000)
                     sleep_ms += ms
                     slept.append(victim)
+            free_before = None if group.memory is None else group.memory.free_gib()
             if target.state in (BackendState.STOPPED, BackendState.FAILED):
                 wake_ms, warmup_ms = await self._steps.start(target, group)
             else:
                 wake_ms, warmup_ms = await self._steps.wake(target, group)
+            free_after = None if group.memory is None else group.memory.free_gib()
         except BackendUnavailableError as exc:
             self._metrics.switches.labels(label, target.name, "failed").inc()
             log.warning(
@@ -113,6 +119,12 @@ class SwitchRunner:
             )
             self._apply_exits()
         target.measured(wake_s=(wake_ms + warmup_ms) / 1000)
+        if free_before is not None and free_after is not None:
+            self._costs.woke(target.name, free_before - free_after)
+        if len(victims) == 1 and not decision.wake_first:
+            self._costs.switched(
+                victims[0].name, target.name, (sleep_ms + wake_ms + warmup_ms) / 1000
+            )
         target.last = WakeTimings(sleep_ms=sleep_ms, wake_ms=wake_ms, warmup_ms=warmup_ms)
         target.set_state(BackendState.READY)
         if decision.wake_first and victims:

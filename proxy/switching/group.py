@@ -4,7 +4,8 @@ memory on it, and the phase of the change running now (for /ready and /admin/sta
 Owns: the lock, the `reconciled` event (set once start-up has adopted or started every
 member) and the phase. The switcher (switches, idle sleep) and start-up take the lock; under it,
 transitions set the phase of each step and the switcher clears it; start-up sets `reconciled`.
-Readers (routes, status, metrics) only read.
+Two settings are set once by the Switcher when it builds the group: `max_hold_s` and `memory`
+(its NVML probe, or None). Readers (routes, status, metrics) only read.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 
 from proxy.backends import Backend
+from proxy.backends.gpu_memory import GpuMemory
 from proxy.clock import Clock, SystemClock
 from proxy.switching.plan import Member, Plan, plan_switch
 
@@ -25,6 +27,7 @@ class GpuGroup:
     ) -> None:
         self.name = name
         self.max_hold_s: float | None = None  # scheduling.max_hold_s, set by the Switcher
+        self.memory: GpuMemory | None = None  # its NVML probe, set by the Switcher
         self._clock = clock or SystemClock()
         self.max_awake = max_awake
         self.members = members

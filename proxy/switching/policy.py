@@ -15,24 +15,31 @@ what it returns. Stateless. docs/scheduling.md explains the rules with a timelin
       * idle: once it has been idle longer than its round trip (sleep + wake + warm-up, measured)
         divided by the target's queue length (reason `early_sleep`). That is ski rental: waiting
         a switch's cost for the resident's next request costs at most as much as switching away
-        and back, so a closed-loop client that sends again within milliseconds keeps its model;
+        and back, so a closed-loop client that sends again within milliseconds keeps its model
+        (the round trip is the measured switch back for this pair once it ran);
     until then the group holds, and `recheck_at` says when the answer can change on its own;
-  - when the target fits beside the victims (every member's memory declared, see `fits`), the
-    target wakes first and the victims sleep afterwards (`wake_first`, reason `memory_fits`);
+  - when the target fits beside the victims (NVML's free memory covers its measured or
+    declared need, or every member's memory is declared, see `fits`), the target wakes first
+    and the victims sleep afterwards (`wake_first`, reason `memory_fits`);
   - a busy victim marked `preemptible` is not drained once its eviction is due: it sleeps with
     mode=keep, its requests pause (reason `preempt`), and those paused requests are demand like
     queued ones (their model's turn comes back by the same rules).
-`fifo` - the model of the oldest waiting request gets the GPU at once (for comparison).
+`fifo` - the model of the oldest waiting request gets the GPU at once; requests for the model
+  being switched to join that switch (as llama-swap). `naive` decides the same, and the switcher
+  also starts requests strictly in arrival order across the group (no join). Both are kept for
+  comparison (bench/scheduling.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from proxy.backends.state import BackendState
 from proxy.switching.plan import Member, plan_switch
 
 DEFAULT_COST_S = 0.5  # a round trip's cost before any switch of the model was measured
+MEASURED_MARGIN_GIB = 1.0  # kept free beyond a measured need (allocator slack, CUDA graphs)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class ModelView:
     preemptible: bool = False  # a busy victim may be slept with mode=keep instead of drained
     memory_gib: float | None = None  # awake
     asleep_memory_gib: float | None = None  # asleep (None: as much as awake)
+    wake_gib: float | None = None  # the most free memory one of its wakes took (NVML)
 
     @property
     def busy(self) -> bool:
@@ -77,9 +85,19 @@ class GroupView:
     max_wait_s: float = 5.0
     min_residency_s: float = 2.0
     memory_gib: float | None = None  # the group's budget; None: wake-first is never tried
+    free_gib: float | None = None  # free GPU memory now, measured (NVML); None: not measured
+    # measured sleep + wake + warm-up of a switch from one model alone to another
+    pair_costs: Mapping[tuple[str, str], float] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelView:
         return next(m for m in self.models if m.name == name)
+
+    def switch_back_s(self, victim: ModelView, target: ModelView) -> float:
+        """What evicting `victim` for `target` now costs extra if the victim's next request
+        comes soon: the switch back - measured for this pair when it ran before, else the
+        victim's own sleep and wake."""
+        back = self.pair_costs.get((target.name, victim.name))
+        return back if back is not None else victim.sleep_cost_s + victim.wake_cost_s
 
 
 @dataclass(frozen=True)
@@ -109,14 +127,31 @@ HOLD = Decision()
 def waiting_models(view: GroupView) -> list[ModelView]:
     """Models with queued requests that are not awake, in the order the policy serves them."""
     waiting = [m for m in view.models if m.queue and m.state is not BackendState.READY]
-    if view.policy == "fifo":
+    if view.policy != "default":
         return sorted(waiting, key=lambda m: m.queue[0])
     return sorted(waiting, key=lambda m: (-m.priority, m.queue[0], m.name))
 
 
+def wake_need_gib(target: ModelView) -> float | None:
+    """Free memory `target`'s wake (or start) takes: declared (awake minus the residual it holds
+    asleep; all of it when no residual is declared) and measured, the larger; None: unknown."""
+    declared = None
+    if target.memory_gib is not None:
+        asleep = target.state is BackendState.ASLEEP  # it keeps its residual
+        residual = (target.asleep_memory_gib or 0.0) if asleep else 0.0
+        declared = max(target.memory_gib - residual, 0.0)
+    known = [g for g in (declared, target.wake_gib) if g is not None]
+    return max(known) if known else None
+
+
 def fits(view: GroupView, target: ModelView) -> bool:
-    """Declared memory says `target` can wake with every member as it is now (never a guess:
-    False when the budget or any member's footprint is undeclared)."""
+    """`target` can wake with every member as it is now - measured (free memory minus a margin
+    covers its wake's need) or declared (the budget covers every member's footprint). Never a
+    guess: False when neither is known."""
+    if view.free_gib is not None:
+        need = wake_need_gib(target)
+        if need is not None and need + MEASURED_MARGIN_GIB <= view.free_gib:
+            return True
     if view.memory_gib is None or target.memory_gib is None:
         return False
     held = 0.0
@@ -146,8 +181,8 @@ def decide(view: GroupView, now: float) -> Decision:
         return Decision(target.name, blocked_by=plan.blocked_by, reason="blocked", waiting=names)
     if not plan.victims:
         return Decision(target.name, evict=True, reason="free_slot", waiting=names)
-    if view.policy == "fifo":
-        return Decision(target.name, plan.victims, evict=True, reason="fifo", waiting=names)
+    if view.policy != "default":
+        return Decision(target.name, plan.victims, evict=True, reason=view.policy, waiting=names)
     victims = [view.model(v) for v in plan.victims]
     verdicts = [_evictable(v, target, view, now) for v in victims]
     reasons = [reason for _, reason, _ in verdicts]
@@ -203,7 +238,7 @@ def _evictable(
     if victim.busy:
         return False, "min_residency" if waited_enough else "serving", forced_at
     idle_since = max(victim.last_used or since, since)
-    linger = (victim.sleep_cost_s + victim.wake_cost_s) / len(target.queue)
+    linger = view.switch_back_s(victim, target) / len(target.queue)
     if now >= idle_since + linger:
         return True, "early_sleep", None
     return False, "linger", min(idle_since + linger, forced_at)

@@ -30,8 +30,8 @@ A GPU group, one decision at a time:
                      waiter gets the 503
 
 Owns: one GpuGroup per GPU (its lock, reconciled event and phase live there), one
-SingleFlight per model, the demand (`Demand`: who waits for which model, since when) and the
-SwitchRunner. See backends/backend.py for every writer of backend state.
+SingleFlight per model, the demand (`Demand`: who waits for which model, since when), the
+SwitchRunner and the SwitchCosts it measures (costs.py). See backends/backend.py for every writer of backend state.
 """
 
 from __future__ import annotations
@@ -39,16 +39,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 
 from proxy.backends import Backend, BackendState, Lease, WakeTimings
 from proxy.backends.backend import NO_SWITCH
+from proxy.backends.gpu_memory import GpuMemory, open_gpu_memory
 from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
-from proxy.config import ProxyConfig
+from proxy.config import GpuConfig, ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
 from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
+from proxy.switching.costs import SwitchCosts
 from proxy.switching.demand import Demand
 from proxy.switching.execute import SwitchRunner, apply_exit
 from proxy.switching.group import GpuGroup
@@ -67,6 +69,7 @@ class Switcher:
         metrics: Metrics,
         supervisor: Supervisor,
         clock: Clock | None = None,
+        gpu_memory: Callable[[GpuConfig], GpuMemory | None] = open_gpu_memory,
     ) -> None:
         self.clock = clock or SystemClock()
         self._supervisor = supervisor
@@ -87,11 +90,13 @@ class Switcher:
             name: SingleFlight(partial(self._switch_to, name), name=f"switch:{name}")
             for name in backends
         }
-        self._runner = SwitchRunner(self._steps, metrics, self.clock, backends)
+        self._costs = SwitchCosts()
+        self._runner = SwitchRunner(self._steps, metrics, self.clock, backends, self._costs)
         self._resumes: set[asyncio.Task[None]] = set()
         supervisor.on_exit = self.report_exit
         for group in self._groups.values():
             group.max_hold_s = config.gpu(group.name).scheduling.max_hold_s
+            group.memory = gpu_memory(config.gpu(group.name))
 
     @property
     def waiting(self) -> Counter[str]:
@@ -140,9 +145,17 @@ class Switcher:
 
     # ----- requests ------------------------------------------------------------------------------
     def lease_now(self, name: str) -> tuple[Lease, WakeTimings] | None:
-        """A lease at once if the model is READY and not draining (no switch, no waiting)."""
+        """A lease at once if the model is READY and not draining (no switch, no waiting), and
+        - under the `naive` policy - no request of another model of its group waits."""
+        group = self.group_of(name)
+        if self._strict_order(group) and self._demand.older_elsewhere(name, None, group):
+            return None
         lease = self._backends[name].try_acquire()
         return None if lease is None else (lease, NO_SWITCH)
+
+    def _strict_order(self, group: GpuGroup) -> bool:
+        """`naive`: requests start in arrival order across the group (no overtaking, no join)."""
+        return self._config.gpu(group.name).scheduling.policy == "naive"
 
     async def lease(self, name: str) -> tuple[Lease, WakeTimings]:
         """A lease on a READY backend; may wait for a switch. 429 when the queue is full, 503
@@ -161,7 +174,17 @@ class Switcher:
         timings = NO_SWITCH
         try:
             async with asyncio.timeout(self._limits.queue_timeout_s):
-                while (lease := backend.try_acquire(ticket)) is None:
+                while True:
+                    if self._strict_order(group) and self._demand.older_elsewhere(
+                        name, arrived, group
+                    ):  # naive: an older request of another model starts first; holding
+                        # no early ticket meanwhile (a drain would wait for it, and it for that)
+                        backend.drop_ticket(ticket)
+                        await group.wait_changed(None)
+                        ticket = backend.ticket()
+                        continue
+                    if (lease := backend.try_acquire(ticket)) is not None:
+                        break
                     if (
                         backend.state is BackendState.FAILED
                         and self._supervisor.restart_wait(backend) != 0
@@ -226,7 +249,8 @@ class Switcher:
                 if self.waiting[name] == 0 and target.paused == 0:
                     return NO_SWITCH  # a resume flight whose paused requests all left
                 now = self.clock.monotonic()
-                view = self._demand.view(group, self._config.gpu(group.name), self._can_start)
+                gpu = self._config.gpu(group.name)
+                view = self._demand.view(group, gpu, self._can_start, self._costs)
                 decision = decide(view, now)
                 if decision.target == name:
                     if decision.blocked_by:

@@ -92,7 +92,7 @@ class Transitions:
             "to another model; this stream was ended"
         )
         self._metrics.decisions.labels(group.name, "hold").inc()
-        log.warning("%s: ended %d stream(s) held past max_hold_s=%gs", victim.name, asked, hold)
+        log.warning("%s: ended %d request(s) held past max_hold_s=%gs", victim.name, asked, hold)
         await victim.drain()
 
     async def wake(self, target: Backend, group: GpuGroup) -> tuple[float, float]:

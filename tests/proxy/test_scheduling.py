@@ -95,6 +95,34 @@ async def test_max_hold_ends_a_long_stream_with_an_error_event_and_serves_the_ot
     assert fleet.counters("model-b")["requests_cancelled_by_client"] == 1, "vLLM aborted it"
 
 
+async def test_max_hold_ends_a_non_streamed_answer_still_in_generation(fleet: Fleet) -> None:
+    """The same for a non-streamed request (vLLM sends nothing until the whole answer is
+    generated): its client gets a 503 that names max_hold_s, vLLM aborts it, model-a is served."""
+    fleet.start(("model-a", []), ("model-b", ["--emu-itl-s", "0.01"]))
+    gpus = [
+        {"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0, "max_hold_s": 0.5}}
+    ]
+    async with (
+        serve_proxy(config_for(fleet, MODELS, gpus=gpus)) as proxy,
+        httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
+    ):
+        body = chat("model-b", max_tokens=400, ignore_eos=True)
+        long = asyncio.create_task(client.post("/v1/chat/completions", json=body))
+        b = proxy.services.backends["model-b"]
+        async with asyncio.timeout(10):
+            while b.leases == 0:  # until the proxy forwards it (a condition, not a delay)
+                await asyncio.sleep(0.005)
+        served = await client.post("/v1/chat/completions", json=chat("model-a"))
+        ended = await long
+    assert served.status_code == 200
+    assert ended.status_code == 503
+    error = ended.json()["error"]
+    assert error["code"] == "backend_unavailable"
+    assert "max_hold_s=0.5s" in error["message"]
+    assert ended.headers["retry-after"] == "5"
+    assert fleet.counters("model-b")["requests_cancelled_by_client"] == 1, "vLLM aborted it"
+
+
 async def test_a_preemptible_model_pauses_its_stream_and_finishes_it_after_the_other(
     fleet: Fleet,
 ) -> None:

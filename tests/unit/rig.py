@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.backends import Backend, Lease, WakeTimings
+from proxy.backends.gpu_memory import GpuMemory
 from proxy.backends.supervisor import Supervisor
-from proxy.config import ProxyConfig
+from proxy.config import GpuConfig, ProxyConfig
 from proxy.services import Services
 from proxy.switching.startup import start_up
 from proxy.switching.switcher import Switcher
@@ -163,9 +164,11 @@ async def rig(
     down: Collection[str] = (),
     boot_s: float = 0.0,
     reconcile: bool = True,
+    gpu_memory: Callable[[FakeVllm, GpuConfig], GpuMemory | None] | None = None,
 ) -> AsyncIterator[Rig]:
     """Servers for every model (attached ones up, asleep unless `awake` - default: the last
-    model - or `down`; supervised ones down until their process starts), then the proxy."""
+    model - or `down`; supervised ones down until their process starts), then the proxy.
+    `gpu_memory` makes a group's free-memory reader from the fake servers (default: none)."""
     vllm = FakeVllm()
     processes: dict[str, FakeProcess] = {}
     awake = {config.models[-1].name} if awake is None else set(awake)
@@ -185,6 +188,7 @@ async def rig(
         transport=vllm.transport,
         clock=LoopClock(),
         launcher=lambda m: processes[m.name],
+        gpu_memory=(lambda gpu: gpu_memory(vllm, gpu)) if gpu_memory else (lambda gpu: None),
     )
     r = Rig(config, vllm, services, processes)
     try:

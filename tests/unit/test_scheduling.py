@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.unit.fake_vllm import FakeVllm
 from tests.unit.rig import build_config, rig, supervised, until
 
 pytestmark = pytest.mark.looptime
@@ -144,6 +145,77 @@ async def test_no_wake_first_on_undeclared_memory() -> None:
         )
 
 
+class MeasuredGpu:
+    """NVML as the fake servers would move it: an awake engine takes `awake_gib`, an asleep one
+    `asleep_gib`, a dead or stopped one nothing. `readings` counts the reads."""
+
+    def __init__(self, vllm: FakeVllm, total_gib: float, awake_gib: float, asleep_gib: float):
+        self.vllm, self.total, self.awake, self.asleep = vllm, total_gib, awake_gib, asleep_gib
+        self.readings = 0
+
+    def free_gib(self) -> float | None:
+        self.readings += 1
+        used = sum(
+            (self.asleep if s.is_sleeping else self.awake)
+            for s in self.vllm.servers.values()
+            if s.up and not s.dead
+        )
+        return self.total - used
+
+
+def measured(total_gib: float) -> Any:
+    return lambda vllm, gpu: MeasuredGpu(vllm, total_gib, awake_gib=30, asleep_gib=1)
+
+
+async def test_wake_first_on_measured_memory_once_a_wake_was_measured() -> None:
+    """No memory declared: the first switch to model-a sleeps model-b first (nothing known of
+    model-a's need, and the policy never wakes on a guess); that wake is measured (29 GiB); the
+    next switch to model-a wakes it first, since NVML says 69 GiB are free."""
+    config = build_config("model-a", "model-b", scheduling=DEFAULT)
+    async with rig(config, gpu_memory=measured(100)) as r:
+        (await r.lease("model-a"))[0].release()
+        log = r.vllm.log()
+        assert log.index("model-b: POST /sleep?level=1&mode=wait") < log.index(
+            "model-a: POST /wake_up"
+        ), "unknown need: sleep-first"
+        (await r.lease("model-b"))[0].release()  # model-b's need is measured now too
+        r.forget()
+        lease, _ = await r.lease("model-a")
+        await until(lambda: r.state("model-b") == "asleep")
+        log = r.vllm.log()
+        assert log.index("model-a: POST /v1/completions") < log.index(
+            "model-b: POST /sleep?level=1&mode=wait"
+        ), "model-a woke and warmed up while model-b was still awake"
+        lease.release()
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 1
+
+
+async def test_no_wake_first_when_measured_free_memory_is_short() -> None:
+    config = build_config("model-a", "model-b", scheduling=DEFAULT)
+    async with rig(config, gpu_memory=measured(60)) as r:  # 29 GiB free beside model-b
+        for _ in range(2):
+            (await r.lease("model-a"))[0].release()
+            (await r.lease("model-b"))[0].release()
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 0
+        assert r.switches("model-b", "model-a", "ok") == 2
+
+
+async def test_the_switch_back_of_a_pair_is_measured_and_used_for_the_linger() -> None:
+    """model-b -> model-a is measured at 0.4 s (its wake). Then an idle model-a lingers for a
+    request of model-b that long - the switch back its eviction would cost - and not for its
+    own sleep (unmeasured: 0.5 s) plus wake (0.4 s)."""
+    async with rig(build_config("model-a", "model-b", scheduling=DEFAULT)) as r:
+        gate = r.server("model-a").hold("POST", "/wake_up")
+        first = r.request("model-a")
+        await gate.reached()  # after model-b's linger: nothing measured, 0.5 s + 0.5 s
+        await asyncio.sleep(0.4)
+        gate.open()
+        (await first)[0].release()
+        t0 = now()
+        (await r.lease("model-b"))[0].release()
+        assert now() - t0 == pytest.approx(0.4, abs=0.01)
+
+
 async def test_idle_sleep_counts_from_the_wake_not_from_zero() -> None:
     config = build_config("model-a", {"name": "model-b", "idle_sleep_s": 60}, scheduling=DEFAULT)
     async with rig(config) as r:  # model-b woke at start-up and was never used
@@ -270,3 +342,58 @@ async def test_a_preempted_model_whose_paused_requests_left_is_not_woken_for_not
         await asyncio.sleep(30)
         assert r.state("model-b") == "asleep"
         assert r.state("model-a") == "ready"
+
+
+@pytest.mark.parametrize("policy", ["fifo", "naive"])
+async def test_fifo_joins_the_switch_under_way_and_naive_keeps_arrival_order(policy: str) -> None:
+    """a1 wakes model-a; b2 then a2 arrive during that wake. fifo (as llama-swap): a2 joins the
+    wake and is served with a1, before the older b2. naive: a2 waits until b2 was served."""
+    async with rig(build_config("model-a", "model-b", scheduling={"policy": policy})) as r:
+        gate = r.server("model-a").hold("POST", "/wake_up")
+        a1 = r.request("model-a")
+        await gate.reached()
+        b2 = r.request("model-b")
+        await asyncio.sleep(0.001)
+        a2 = r.request("model-a")
+        await asyncio.sleep(0.001)
+        assert r.switcher.lease_now("model-a") is None
+        gate.open()
+        (await a1)[0].release()
+        if policy == "fifo":
+            (await a2)[0].release()
+            assert not b2.done(), "a2 overtook the older b2 by joining the wake"
+            (await b2)[0].release()
+        else:
+            await until(lambda: b2.done())
+            assert not a2.done(), "a2 never starts before the older b2"
+            (await b2)[0].release()
+            (await a2)[0].release()
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason=policy) >= 2
+
+
+@pytest.mark.parametrize("policy", ["fifo", "naive"])
+async def test_naive_refuses_the_fast_path_while_an_older_request_waits(policy: str) -> None:
+    """Two awake of three: while model-c wakes (for an older request), model-b - awake, not
+    draining - serves a new request at once under fifo, and only after model-c's under naive."""
+    config = build_config(
+        "model-a", "model-b", "model-c", gpus={"g0": 2}, scheduling={"policy": policy}
+    )
+    async with rig(config, awake=("model-a", "model-b")) as r:
+        await r.served("model-b")  # model-a is the least recently used: the victim
+        gate = r.server("model-c").hold("POST", "/wake_up")
+        c = r.request("model-c")
+        await gate.reached()
+        await asyncio.sleep(0.001)  # arrivals of the same instant are not ordered
+        fast = r.switcher.lease_now("model-b")
+        b = r.request("model-b")
+        await asyncio.sleep(0.001)
+        if policy == "fifo":
+            assert fast is not None
+            fast[0].release()
+            (await b)[0].release()
+        else:
+            assert fast is None
+            assert not b.done(), "model-b's request waits for the older one of model-c"
+        gate.open()
+        (await c)[0].release()
+        (await b)[0].release()

@@ -121,14 +121,21 @@ async def _forward(
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     record.leased(model.name, timings)
+    retry_s = services.config.limits.retry_after_s
     try:
-        async with watching_client(request.receive):  # a non-streamed answer comes at the end
+        async with watching_client(request.receive) as watch:  # a non-streamed answer: at its end
+            # a switch held past max_hold_s ends this wait too (the client gets a 503)
+            lease.on_revoke = lambda reason: watch.end(
+                BackendUnavailableError(reason, retry_after_s=retry_s)
+            )
             upstream = await _send(services, request, model, path, body)
+            lease.on_revoke = None
     except ClientGoneError:
         lease.release()
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
     except BaseException:
+        lease.on_revoke = None
         lease.release()
         raise
     headers = timing_headers(model.name, (record.queue_s or 0) * 1000, timings) | {
