@@ -173,8 +173,9 @@ class SchedulingConfig(_Strict):
     max_wait_s: float = Field(
         default=5.0,
         gt=0,
-        description="longest the oldest request of a waiting model waits while another model "
-        "keeps serving; then the group switches to it (no starvation)",
+        description="longest the oldest request of a waiting model waits, its switch included, "
+        "while another model keeps serving: the switch starts its measured cost before that "
+        "(no starvation)",
     )
     min_residency_s: float = Field(
         default=2.0,

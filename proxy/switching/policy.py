@@ -11,7 +11,9 @@ what it returns. Stateless. docs/scheduling.md explains the rules with a timelin
   - a free slot (`max_awake`): switch at once, nobody is evicted first;
   - otherwise each victim (the least recently used awake models, `plan.py`) must be evictable:
       * busy (requests in flight or queued): only once the target's oldest request waited
-        `max_wait_s` *and* the victim had the GPU `min_residency_s` (reason `max_wait`);
+        `max_wait_s` less the switch's expected cost (the victim's sleep and the target's wake,
+        measured: the request is served by `max_wait_s`) *and* the victim had the GPU
+        `min_residency_s` (reason `max_wait`);
       * idle: once it has been idle longer than its round trip (sleep + wake + warm-up, measured)
         divided by the target's queue length (reason `early_sleep`). That is ski rental: waiting
         a switch's cost for the resident's next request costs at most as much as switching away
@@ -221,8 +223,10 @@ def _evictable(
 ) -> tuple[bool, str, float | None]:
     """(may it be put to sleep for `target` now, why (not), when that may change)."""
     since = victim.ready_since if victim.ready_since is not None else now
+    # the switch starts its expected cost early, so that the request is served by max_wait_s
+    due = target.queue[0] + max(view.max_wait_s - victim.sleep_cost_s - target.wake_cost_s, 0.0)
     # compared as the deadlines recheck_at is made of: no rounding between the two
-    waited_enough = now >= target.queue[0] + view.max_wait_s
+    waited_enough = now >= due
     resided_enough = now >= since + view.min_residency_s
     if waited_enough and resided_enough:
         if not (victim.busy and victim.preemptible):
@@ -234,7 +238,7 @@ def _evictable(
         if now >= paused_at:
             return True, "preempt", None
         return False, "min_residency", paused_at
-    forced_at = max(target.queue[0] + view.max_wait_s, since + view.min_residency_s)
+    forced_at = max(due, since + view.min_residency_s)
     if victim.busy:
         return False, "min_residency" if waited_enough else "serving", forced_at
     idle_since = max(victim.last_used or since, since)

@@ -29,7 +29,7 @@ def awake(
     used: float | None = None,
     busy: int = 0,
     queue: tuple[float, ...] = (),
-    sleep: float = 0.5,
+    sleep: float = 0.0,  # 0: a busy victim is due exactly at max_wait_s (see the cost tests)
     wake: float = 0.5,
     **kw: Any,
 ) -> ModelView:
@@ -48,7 +48,7 @@ def awake(
 
 
 def asleep(name: str, *queue: float, **kw: Any) -> ModelView:
-    return ModelView(name, ASLEEP, False, queue=queue, **kw)
+    return ModelView(name, ASLEEP, False, queue=queue, **({"wake_cost_s": 0.0} | kw))
 
 
 def group(*models: ModelView, max_awake: int = 1, **kw: Any) -> GroupView:
@@ -197,10 +197,26 @@ def test_an_idle_victim_lingers_its_round_trip_over_the_queue(waiting: int, ling
 
 
 def test_the_linger_ends_at_the_forced_time_when_that_is_earlier() -> None:
-    view = group(awake("a", used=10.0, sleep=10.0, wake=10.0), asleep("t", 10.0))
+    view = group(awake("a", used=10.0, sleep=1.0, wake=10.0), asleep("t", 10.0))
     d = decide(view, now=11.0)
-    assert (d.reason, d.recheck_at) == ("linger", 15.0)  # max_wait 5 s before 20 s of linger
-    assert decide(view, 15.0).reason == "max_wait"
+    assert (d.reason, d.recheck_at) == ("linger", 14.0)  # due at 10 + 5 - 1 before 11 s of linger
+    assert decide(view, 14.0).reason == "max_wait"
+
+
+@pytest.mark.parametrize(
+    ("sleep", "wake", "due"),
+    [(0.0, 0.0, 15.0), (0.3, 0.7, 14.0), (1.0, 3.0, 11.0), (4.0, 2.0, 10.0)],
+)
+def test_a_busy_victim_is_due_early_by_the_switchs_expected_cost(
+    sleep: float, wake: float, due: float
+) -> None:
+    """max_wait_s bounds the wait, the switch included: the eviction starts the victim's sleep
+    plus the target's wake (measured) before it; a switch that costs more starts at once."""
+    view = group(awake("a", since=0.0, busy=1, sleep=sleep), asleep("t", 10.0, wake_cost_s=wake))
+    held = decide(view, now=10.0)
+    if due > 10.0:
+        assert (held.reason, held.recheck_at) == ("serving", due)
+    assert (decide(view, due).reason, decide(view, due).switch_now) == ("max_wait", True)
 
 
 def test_idle_counts_from_the_wake_when_the_model_was_not_used_since() -> None:
@@ -223,8 +239,8 @@ def test_two_victims_hold_until_the_first_can_change() -> None:
     )
     d = decide(view, now=10.0)
     assert (d.victims, d.switch_now, d.reason) == (("idle", "busy"), False, "linger")
-    assert d.recheck_at == 13.0  # idle's linger (9 + 4) before busy's max_wait (14)
-    assert decide(view, 13.0).reason == "serving"  # idle may go, busy not yet
+    assert d.recheck_at == 12.0  # idle's due (9 + 5 - its 2 s sleep) before its linger (13)
+    assert decide(view, 12.0).reason == "serving"  # idle may go, busy not yet (due at 14)
     assert decide(view, 14.0).switch_now
 
 
