@@ -63,6 +63,12 @@ async def test_two_closed_loop_clients(fleet: Fleet, policy: str) -> None:
         assert switched <= requests / 10
 
 
+# max_wait_s 0.3 s, then max_hold_s 0.5 s of drain
+HOLD_GPUS = [
+    {"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0, "max_hold_s": 0.5}}
+]
+
+
 async def test_max_hold_ends_a_long_stream_with_an_error_event_and_serves_the_other(
     fleet: Fleet,
 ) -> None:
@@ -70,11 +76,8 @@ async def test_max_hold_ends_a_long_stream_with_an_error_event_and_serves_the_ot
     the switch drains model-b, after max_hold_s (0.5 s) more it ends the stream: an SSE error
     event and [DONE], the backend's request aborted, and model-a is served."""
     fleet.start(("model-a", []), ("model-b", ["--emu-itl-s", "0.01"]))
-    gpus = [
-        {"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0, "max_hold_s": 0.5}}
-    ]
     async with (
-        serve_proxy(config_for(fleet, MODELS, gpus=gpus)) as proxy,
+        serve_proxy(config_for(fleet, MODELS, gpus=HOLD_GPUS)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
     ):
         assert proxy.state("model-b") == "ready"
@@ -99,11 +102,8 @@ async def test_max_hold_ends_a_non_streamed_answer_still_in_generation(fleet: Fl
     """The same for a non-streamed request (vLLM sends nothing until the whole answer is
     generated): its client gets a 503 that names max_hold_s, vLLM aborts it, model-a is served."""
     fleet.start(("model-a", []), ("model-b", ["--emu-itl-s", "0.01"]))
-    gpus = [
-        {"name": "g0", "scheduling": {"max_wait_s": 0.3, "min_residency_s": 0, "max_hold_s": 0.5}}
-    ]
     async with (
-        serve_proxy(config_for(fleet, MODELS, gpus=gpus)) as proxy,
+        serve_proxy(config_for(fleet, MODELS, gpus=HOLD_GPUS)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
     ):
         body = chat("model-b", max_tokens=400, ignore_eos=True)

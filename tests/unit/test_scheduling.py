@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from proxy.backends import Lease
 from tests.unit.fake_vllm import FakeVllm
-from tests.unit.rig import build_config, rig, supervised, until
+from tests.unit.rig import Rig, build_config, rig, supervised, until
 
 pytestmark = pytest.mark.looptime
 DEFAULT = {"policy": "default", "max_wait_s": 5, "min_residency_s": 2}
@@ -121,6 +122,18 @@ async def test_the_higher_priority_model_is_served_first() -> None:
         assert woke == ["model-c: POST /wake_up", "model-a: POST /wake_up"]
 
 
+async def woke_first(r: Rig, lease: Lease) -> None:
+    """model-a (leased) woke and warmed up while model-b was still awake; model-b sleeps
+    afterwards, in the background."""
+    await until(lambda: r.state("model-b") == "asleep")
+    log = r.vllm.log()
+    assert log.index("model-a: POST /v1/completions") < log.index(
+        "model-b: POST /sleep?level=1&mode=wait"
+    ), "model-a woke and warmed up while model-b was still awake"
+    lease.release()
+    assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 1
+
+
 async def test_wake_first_when_declared_memory_fits() -> None:
     models: list[dict[str, Any]] = [
         {"name": n, "memory_gib": 30, "asleep_memory_gib": 1} for n in ("model-a", "model-b")
@@ -128,13 +141,7 @@ async def test_wake_first_when_declared_memory_fits() -> None:
     config = build_config(*models, scheduling=DEFAULT, memory_gib=70)
     async with rig(config) as r:
         lease, _ = await r.lease("model-a")
-        await until(lambda: r.state("model-b") == "asleep")  # afterwards, in the background
-        log = r.vllm.log()
-        assert log.index("model-a: POST /v1/completions") < log.index(
-            "model-b: POST /sleep?level=1&mode=wait"
-        ), "model-a woke and warmed up while model-b was still awake"
-        lease.release()
-        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 1
+        await woke_first(r, lease)
 
 
 async def test_no_wake_first_on_undeclared_memory() -> None:
@@ -184,13 +191,7 @@ async def test_wake_first_on_measured_memory_once_a_wake_was_measured() -> None:
         (await r.lease("model-b"))[0].release()  # model-b's need is measured now too
         r.forget()
         lease, _ = await r.lease("model-a")
-        await until(lambda: r.state("model-b") == "asleep")
-        log = r.vllm.log()
-        assert log.index("model-a: POST /v1/completions") < log.index(
-            "model-b: POST /sleep?level=1&mode=wait"
-        ), "model-a woke and warmed up while model-b was still awake"
-        lease.release()
-        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="memory_fits") == 1
+        await woke_first(r, lease)
 
 
 async def test_no_wake_first_when_measured_free_memory_is_short() -> None:
