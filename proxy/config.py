@@ -120,6 +120,14 @@ class ModelConfig(_Strict):
     priority: int = Field(
         default=0, description="among waiting models, a higher priority is served first"
     )
+    progress: Literal["comments", "reasoning", "off"] = Field(
+        default="comments",
+        description="a streaming request that waits longer than limits.progress_after_s for a "
+        "switch gets its response head at once and, every limits.progress_every_s, an SSE "
+        "comment (comments: ignored by every SDK) or a chat chunk whose reasoning_content says "
+        "what it waits for (reasoning: shown by chat UIs); off: nothing until the switch ends. "
+        "A failure after the head is an SSE error event and [DONE], not a 503",
+    )
     preemptible: bool = Field(
         default=False,
         description="a switch away from it while it serves puts it to sleep with mode=keep: "
@@ -246,6 +254,16 @@ class LimitsConfig(_Strict):
     )
     keepalive_s: int = Field(
         default=5, ge=1, description="an idle keep-alive connection is closed after this long"
+    )
+    progress_after_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="a streaming request still waiting for its model after this long gets "
+        "its response head and a first progress event (models[].progress)",
+    )
+    progress_every_s: float = Field(
+        default=3.0, gt=0, le=60, description="then a progress event this often while it waits"
     )
     max_connections: int = Field(
         default=4096,

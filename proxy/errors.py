@@ -94,6 +94,14 @@ class MethodNotAllowedError(ProxyError):
     code = "method_not_allowed"
 
 
+class ConflictError(ProxyError):
+    """An operator's action that the model's state does not allow (sleep a failed model)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+
 class PayloadTooLargeError(ProxyError):
     status_code = 413
     error_type = "invalid_request_error"

@@ -27,7 +27,9 @@ from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig
 from proxy.errors import InvalidRequestError, ModelNotFoundError
+from proxy.observability.events import Events
 from proxy.observability.metrics import Metrics
+from proxy.switching.operator import Operator
 from proxy.switching.startup import start_up
 from proxy.switching.switcher import Switcher
 from proxy.upstream.transport import upstream_transport
@@ -57,6 +59,7 @@ class Services:
     timeouts: dict[str, dict[str, float | None]]  # per model name: its forwarded requests' limits
     metrics: Metrics
     supervisor: Supervisor
+    operator: Operator  # the admin API's model controls
     started: float = field(default_factory=time.time)
     _urls: dict[tuple[str, str], httpx.URL] = field(default_factory=dict)  # parsed once each
     _tasks: set[asyncio.Task[object]] = field(default_factory=set)
@@ -99,11 +102,24 @@ class Services:
             clock=clock,
             launcher=launcher,
         )
-        switcher = Switcher(config, backends, metrics, supervisor, clock, gpu_memory)
+        switcher = Switcher(config, backends, metrics, supervisor, clock, gpu_memory, Events())
         metrics.watch(switcher.live)
         return cls(
-            config, client, transport, backends, switcher, by_name, timeouts, metrics, supervisor
+            config,
+            client,
+            transport,
+            backends,
+            switcher,
+            by_name,
+            timeouts,
+            metrics,
+            supervisor,
+            Operator(switcher, supervisor),
         )
+
+    @property
+    def events(self) -> Events:
+        return self.switcher.events
 
     def resolve(self, model: object) -> ModelConfig:
         available = ", ".join(sorted(self.by_name))

@@ -22,7 +22,10 @@ Who writes them. The switching core owns every state change, under the GPU group
   - Switcher.report_exit, when the supervisor reports that a process died: synchronous (no
     await, so it never splits a step's read and write), applied at once to a backend in no
     memory step, else after the step (switching/execute.py);
-  - backends/supervisor.py's stop_all: STOPPED at shutdown, after the switching core closed.
+  - backends/supervisor.py's stop_all: STOPPED at shutdown, after the switching core closed;
+  - switching/operator.py, under the group's lock, for an operator's reset of a FAILED
+    attached backend it checked again and confirmed asleep (ASLEEP, `failure` cleared);
+  - start-up's probe (switching/startup.py): `max_model_len`, from the backend's /v1/models.
 Routes, status and metrics only read.
 """
 
@@ -110,6 +113,7 @@ class Backend:
         self.last_sleep_ms: float | None = None
         self.last_wake_ms: float | None = None
         self.last_warmup_ms: float | None = None
+        self.max_model_len: int | None = None  # the backend's, read by start-up's probe
         self._changed = asyncio.Event()
 
     # ----- transitions -------------------------------------------------------------------------
@@ -129,6 +133,11 @@ class Backend:
             self.awake_since = None
             self.holds_memory = False
         self._notify()
+
+    def recovered(self) -> None:
+        """An operator's reset: a FAILED backend checked again and confirmed asleep."""
+        self.failure = None
+        self.set_state(BackendState.ASLEEP)
 
     def mark_failed(self, reason: str, *, holds_memory: bool) -> None:
         log.error("backend %s failed: %s", self.name, reason)

@@ -5,6 +5,7 @@
     READY --drain + /sleep + /is_sleeping true--> ASLEEP
     ASLEEP --wake (level 1 or staged level 2) + /is_sleeping false + warm-up--> READY
     any --failed sleep, wake, warm-up or start--> FAILED   (sticky: never woken again in place)
+    FAILED --operator reset (attached: /health, /is_sleeping, slept if awake)--> ASLEEP
 
 Supervised backends (a `command` in the config) also have:
 
@@ -61,7 +62,9 @@ ALLOWED: dict[BackendState, frozenset[BackendState]] = {
         {BackendState.WAKING, BackendState.FAILED, BackendState.STOPPED}
     ),
     BackendState.WAKING: frozenset({BackendState.READY, BackendState.FAILED}),
+    # STARTING, STOPPED: supervised only; ASLEEP: an operator's reset of an attached backend,
+    # confirmed asleep again (switching/operator.py) - never READY: only a wake makes that
     BackendState.FAILED: frozenset(
-        {BackendState.STARTING, BackendState.STOPPED}
-    ),  # supervised only
+        {BackendState.STARTING, BackendState.STOPPED, BackendState.ASLEEP}
+    ),
 }

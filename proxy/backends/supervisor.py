@@ -130,6 +130,19 @@ class Supervisor:
             await proc.wait()
         backend.holds_memory = False
 
+    async def stop(self, backend: Backend) -> None:
+        """An operator's restart, first half: stop the process (SIGTERM, then SIGKILL after
+        `stop_grace_s`) - not a crash - and forget its crash history, a crash loop included.
+        STOPPED afterwards; the next request (or the operator's wake) starts it."""
+        proc = self._procs[backend.name]
+        if backend.state is not BackendState.STOPPED:
+            backend.set_state(BackendState.STOPPED)  # first: no lease is taken on it from here
+        backend.end_drain()
+        await proc.stop(backend.config.stop_grace_s)
+        self._crashes[backend.name].clear()
+        self._given_up.discard(backend.name)
+        self._not_before.pop(backend.name, None)
+
     async def stop_all(self) -> None:
         async def stop(backend: Backend, proc: Process) -> None:
             code = await proc.stop(backend.config.stop_grace_s)

@@ -1,6 +1,7 @@
 """API keys: who may call what. A pure ASGI middleware (streams pass through untouched).
 
-    /v1/*, /tokenize, /detokenize   client keys (`auth.api_keys`); open when none are set
+    /v1/* and every forwarded route client keys (`auth.api_keys`); open when none are set
+    (routes/table.py: /tokenize, /rerank, /score, /pooling, /classify, /v2/..., ...)
     /admin/*                        admin keys (`auth.admin_keys`, or the client keys if unset)
     /metrics                        open, or admin keys with `auth.metrics_public: false`
     /health, /ready                 always open (probes)
@@ -21,8 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.config import AuthConfig
 from proxy.errors import UnauthorizedError
 from proxy.http.rendering import render_error
+from proxy.http.routes.table import CLIENT_PATHS
 
-CLIENT_PREFIXES = ("/v1/", "/tokenize", "/detokenize")
+CLIENT_PREFIXES = CLIENT_PATHS  # compared as prefixes: "/score" guards "/score/x" too
 K = TypeVar("K")
 
 

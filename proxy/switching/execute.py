@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from proxy.backends import Backend, BackendState, WakeTimings
 from proxy.clock import Clock
 from proxy.errors import BackendUnavailableError
+from proxy.observability.events import Events
 from proxy.observability.metrics import Metrics
 from proxy.switching.costs import SwitchCosts
 from proxy.switching.group import GpuGroup
@@ -54,8 +55,10 @@ class SwitchRunner:
         clock: Clock,
         backends: Mapping[str, Backend],
         costs: SwitchCosts,
+        events: Events,
     ) -> None:
         self._costs = costs
+        self._events = events
         self._steps = steps
         self._metrics = metrics
         self._clock = clock
@@ -97,6 +100,13 @@ class SwitchRunner:
             free_after = None if group.memory is None else group.memory.free_gib()
         except BackendUnavailableError as exc:
             self._metrics.switches.labels(label, target.name, "failed").inc()
+            self._events.publish(
+                "switch",
+                gpu=group.name,
+                result="failed",
+                error=exc.message,
+                **{"from": label, "to": target.name},
+            )
             log.warning(
                 "switch %s -> %s failed: %s",
                 label,
@@ -138,6 +148,18 @@ class SwitchRunner:
             self._clock.monotonic() - flight_started
         )
         total_ms = round((self._clock.monotonic() - started) * 1000, 1)
+        self._events.publish(
+            "switch",
+            gpu=group.name,
+            result="ok",
+            reason=decision.reason,
+            wake_first=decision.wake_first,
+            switch_ms=total_ms,
+            sleep_ms=round(sleep_ms, 1),
+            wake_ms=round(wake_ms, 1),
+            warmup_ms=round(warmup_ms, 1),
+            **{"from": label, "to": target.name},
+        )
         log.info(
             "switched %s -> %s in %.0f ms (sleep %.0f, wake %.0f, warm-up %.0f)%s",
             label,
@@ -198,6 +220,9 @@ class SwitchRunner:
             victim.last = WakeTimings(wake_ms=wake_ms, warmup_ms=warmup_ms)
             victim.set_state(BackendState.READY)
             self._metrics.switches.labels(failed, victim.name, "restored").inc()
+            self._events.publish(
+                "switch", gpu=group.name, result="restored", **{"from": failed, "to": victim.name}
+            )
             log.info(
                 "brought %s back after the switch to %s failed (wake %.0f ms, warm-up %.0f ms)",
                 victim.name,

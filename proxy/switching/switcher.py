@@ -49,12 +49,13 @@ from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
 from proxy.config import GpuConfig, ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
+from proxy.observability.events import Events
 from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
 from proxy.switching.costs import SwitchCosts
 from proxy.switching.demand import Demand
 from proxy.switching.execute import SwitchRunner, apply_exit
 from proxy.switching.group import GpuGroup
-from proxy.switching.policy import decide
+from proxy.switching.policy import Decision, decide
 from proxy.switching.single_flight import SingleFlight
 from proxy.switching.transitions import Transitions
 
@@ -70,8 +71,10 @@ class Switcher:
         supervisor: Supervisor,
         clock: Clock | None = None,
         gpu_memory: Callable[[GpuConfig], GpuMemory | None] = open_gpu_memory,
+        events: Events | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
+        self.events = events or Events()
         self._supervisor = supervisor
         self._config = config
         self._metrics = metrics
@@ -91,12 +94,39 @@ class Switcher:
             for name in backends
         }
         self._costs = SwitchCosts()
-        self._runner = SwitchRunner(self._steps, metrics, self.clock, backends, self._costs)
+        self._runner = SwitchRunner(
+            self._steps, metrics, self.clock, backends, self._costs, self.events
+        )
         self._resumes: set[asyncio.Task[None]] = set()
         supervisor.on_exit = self.report_exit
+        for b in backends.values():
+            b.listeners.append(self._state_events(b))
         for group in self._groups.values():
             group.max_hold_s = config.gpu(group.name).scheduling.max_hold_s
             group.memory = gpu_memory(config.gpu(group.name))
+
+    @property
+    def steps(self) -> Transitions:
+        """The memory-changing steps, for start-up and the operator (under the group's lock)."""
+        return self._steps
+
+    def _state_events(self, b: Backend) -> Callable[[], None]:
+        """A listener that publishes `b`'s state changes (its other changes are not events)."""
+        last = [b.state]
+
+        def changed() -> None:
+            if b.state is not last[0]:
+                self.events.publish(
+                    "state",
+                    model=b.name,
+                    gpu=b.config.gpu,
+                    state=b.state.value,
+                    previous=last[0].value,
+                    failure=b.failure,
+                )
+                last[0] = b.state
+
+        return changed
 
     @property
     def waiting(self) -> Counter[str]:
@@ -214,8 +244,13 @@ class Switcher:
     def _failed(self, backend: Backend) -> BackendUnavailableError:
         wait = self._supervisor.restart_wait(backend)
         if wait is None:
+            fix = (
+                f"POST /admin/models/{backend.name}/restart starts it again"
+                if self._supervisor.supervises(backend.name)
+                else f"fix its engine, then POST /admin/models/{backend.name}/reset"
+            )
             return BackendUnavailableError(
-                f"model {backend.name!r} is unavailable: {backend.failure}; it needs a restart",
+                f"model {backend.name!r} is unavailable: {backend.failure}; {fix}",
                 retry_after_s=self._limits.retry_after_s,
             )
         return BackendUnavailableError(
@@ -256,20 +291,33 @@ class Switcher:
                     if decision.blocked_by:
                         raise BackendUnavailableError(
                             f"GPU group {group.name!r} is blocked: {', '.join(decision.blocked_by)} "
-                            "failed and may still hold GPU memory; restart it",
+                            "failed and may still hold GPU memory; POST /admin/models/NAME/restart "
+                            "(supervised) or fix its engine and POST /admin/models/NAME/reset",
                             retry_after_s=self._limits.retry_after_s,
                         )
                     if decision.switch_now:
-                        self._metrics.decisions.labels(group.name, decision.reason).inc()
+                        self._decided(group, decision)
                         timings = await self._runner.switch(target, group, decision, flight_started)
                         for paused in decision.preempt:
                             self._resume_later(paused)
                         return timings
                     if decision.reason != held:  # count each hold once, not each re-decision
                         held = decision.reason
-                        self._metrics.decisions.labels(group.name, held).inc()
+                        self._decided(group, decision)
                 wait_s = None if decision.recheck_at is None else decision.recheck_at - now
             await group.wait_changed(wait_s)
+
+    def _decided(self, group: GpuGroup, decision: Decision) -> None:
+        self._metrics.decisions.labels(group.name, decision.reason).inc()
+        self.events.publish(
+            "decision",
+            gpu=group.name,
+            reason=decision.reason,
+            target=decision.target,
+            victims=list(decision.victims),
+            switch=decision.switch_now,
+            waiting=list(decision.waiting),
+        )
 
     def _resume_later(self, name: str) -> None:
         """A preempted model's paused requests hold leases but wait in no queue: a flight of

@@ -42,9 +42,18 @@ class Transitions:
     ) -> float:
         """Drain, then /sleep and confirm; or, with `preempt`, sleep at once with mode=keep
         (its requests pause and resume after its next wake). Returns the sleep's ms."""
-        t = victim.config.timeouts
         if preempt:
             return await self._sleep(victim, group, preempt=True)
+        await self.drain(victim, group)
+        if victim.state is BackendState.FAILED and not victim.holds_memory:
+            return 0.0  # its process died while it drained: nothing left to put to sleep
+        return await self._sleep(victim, group, preempt=False)
+
+    async def drain(self, victim: Backend, group: GpuGroup) -> None:
+        """No new leases, and wait for those in flight (within `drain_s`; past `max_hold_s` the
+        streams still open are ended). Still `draining` afterwards: the caller's next step
+        (a sleep, a stop) ends the drain; on a timeout the drain ends here and it raises."""
+        t = victim.config.timeouts
         group.enter("draining", t.drain_s)
         try:
             async with asyncio.timeout(t.drain_s):
@@ -54,9 +63,6 @@ class Transitions:
             raise self._unavailable(
                 f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching"
             ) from None
-        if victim.state is BackendState.FAILED and not victim.holds_memory:
-            return 0.0  # its process died while it drained: nothing left to put to sleep
-        return await self._sleep(victim, group, preempt=False)
 
     async def _sleep(self, victim: Backend, group: GpuGroup, *, preempt: bool) -> float:
         t = victim.config.timeouts
@@ -119,7 +125,7 @@ class Transitions:
         except (TimeoutError, ControlError) as exc:
             self._metrics.wake_failures.labels(target.name, "warmup").inc()
             reason = f"warm-up failed: {describe(exc, t.wake_s)}"
-            released = await self._try_sleep(target)
+            released = await self.try_sleep(target)
             target.mark_failed(reason, holds_memory=not released)
             if target.holds_memory and self._supervisor.supervises(target.name):
                 # a crash during the warm-up (or an engine that will not sleep): only a dead
@@ -208,8 +214,9 @@ class Transitions:
         await self._supervisor.kill(target)
         return self._unavailable(f"could not start {target.name!r} ({reason})")
 
-    async def _try_sleep(self, backend: Backend) -> bool:
-        """Best effort after a failed warm-up (the wake itself succeeded): free the memory."""
+    async def try_sleep(self, backend: Backend) -> bool:
+        """Best effort, its state untouched: /sleep and confirm (after a failed warm-up - the
+        wake itself succeeded - and for an operator's reset of a FAILED backend)."""
         try:
             async with asyncio.timeout(backend.config.timeouts.sleep_s):
                 await backend.control.sleep(backend.config.sleep_level)

@@ -37,7 +37,7 @@ async def test_failed_wake_reaches_every_waiter_and_is_never_retried(fleet: Flee
         assert r.headers["retry-after"] == "5"
         assert r.json()["error"]["code"] == "backend_unavailable"
     assert "out of memory" in first[0].json()["error"]["message"]
-    assert "needs a restart" in again.json()["error"]["message"]
+    assert "then POST /admin/models/" in again.json()["error"]["message"]
     assert fleet.counters("model-a")["wake_calls"] == 1, "a failed instance is never woken again"
     # the failed wake may have left memory mapped: nothing else may wake on that GPU
     assert blocked.status_code == 503

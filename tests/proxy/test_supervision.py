@@ -107,7 +107,7 @@ async def test_crash_loop_leaves_the_backend_failed(tmp_path: Path) -> None:
         r = await c.post("/v1/chat/completions", json=chat("model-b"))
         other = await c.post("/v1/chat/completions", json=chat("model-a"))
     assert r.status_code == 503
-    assert "needs a restart" in r.json()["error"]["message"]
+    assert "restart starts it again" in r.json()["error"]["message"]
     assert other.status_code == 200, "a dead process holds no memory: the GPU stays usable"
 
 

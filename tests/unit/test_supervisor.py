@@ -126,7 +126,8 @@ async def test_a_crash_loop_leaves_the_backend_failed_and_says_it_needs_a_restar
         await crash(r, "model-b")
         assert r.supervisor.restart_wait(r.backend("model-b")) is None
         with pytest.raises(
-            BackendUnavailableError, match="process exited with -9; it needs a restart"
+            BackendUnavailableError,
+            match="process exited with -9; POST /admin/models/model-b/restart starts it again",
         ):
             await r.lease("model-b")
         assert r.process("model-b").starts == 3

@@ -34,7 +34,9 @@ async def test_a_failed_wake_reaches_every_waiter_and_is_never_retried() -> None
         assert a.failure is not None
         assert "out of memory" in a.failure
         for _ in range(3):
-            with pytest.raises(BackendUnavailableError, match="needs a restart"):
+            with pytest.raises(
+                BackendUnavailableError, match="then POST /admin/models/model-a/reset"
+            ):
                 await r.lease("model-a")
             await asyncio.sleep(3600)
     assert r.server("model-a").count("POST /wake_up") == 1, "a failed instance is never woken again"
@@ -53,7 +55,9 @@ async def test_a_failed_wake_blocks_its_gpu_group_naming_the_failed_model() -> N
             await r.lease("model-b")
         assert blocked.value.status_code == 503
         assert blocked.value.message == (
-            "GPU group 'g0' is blocked: model-a failed and may still hold GPU memory; restart it"
+            "GPU group 'g0' is blocked: model-a failed and may still hold GPU memory; POST "
+            "/admin/models/NAME/restart (supervised) or fix its engine and POST "
+            "/admin/models/NAME/reset"
         )
     assert r.server("model-b").count("POST /wake_up") == 0
 

@@ -1,17 +1,26 @@
-"""Operations surface: /health (liveness), /ready (readiness), /metrics, /admin/status.
+"""Operations surface: /health (liveness), /ready (readiness), /metrics, /admin/status, the
+event stream /admin/events (SSE) and the model controls POST /admin/models/{name}/{action}.
 
-Stateless: each handler reads the app's Services (backends, switcher, metrics) and changes nothing."""
+Stateless: the read-only handlers read the app's Services (backends, switcher, metrics); the
+model controls act only through the Operator (switching/operator.py: the same locks and policy
+as requests), in a task of their own, so that a client who leaves never cuts a step in half."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
+from proxy.errors import ModelNotFoundError, NotFoundError
+from proxy.http.routes import schemas
+from proxy.observability.events import Event
 from proxy.services import Services
 
 router = APIRouter()
@@ -119,3 +128,59 @@ def status(services: Services) -> dict[str, Any]:
 @router.get("/admin/status")
 async def admin_status(request: Request) -> JSONResponse:
     return JSONResponse(status(_services(request)))
+
+
+ACTIONS = ("sleep", "wake", "restart", "reset")
+KEEPALIVE_S = 15.0  # an SSE comment this often on a quiet stream (proxies and idle timeouts)
+
+
+@router.post(
+    "/admin/models/{name}/{action}",
+    responses=schemas.errors("400", "404", "409", "429", "502", "503", "504"),
+)
+async def model_action(request: Request, name: str, action: str) -> JSONResponse:
+    """sleep | wake | restart | reset one model (switching/operator.py says what each does)."""
+    services = _services(request)
+    if action not in ACTIONS:
+        raise NotFoundError(f"no action {action[:64]!r}; one of: {', '.join(ACTIONS)}")
+    model = services.by_name.get(name)
+    if model is None:
+        raise ModelNotFoundError(
+            f"The model `{name[:256]}` does not exist; available models: "
+            f"{', '.join(sorted(services.by_name))}",
+            param="name",
+        )
+    act = getattr(services.operator, action)
+    task = asyncio.ensure_future(act(services.backends[model.name]))
+    outcome = await asyncio.shield(task)  # cancelled here (shutdown): the step still completes
+    return JSONResponse(outcome.as_dict())
+
+
+def _sse(event: Event) -> str:
+    return f"id: {event.id}\nevent: {event.type}\ndata: {json.dumps(event.as_dict())}\n\n"
+
+
+@router.get("/admin/events", response_class=StreamingResponse)
+async def events(request: Request) -> StreamingResponse:
+    """Server-sent events: `status` (the /admin/status snapshot) first, then the recent events,
+    then each `state`, `switch`, `decision` and `operator` event as it happens (`dropped` when
+    this client read too slowly to get them all); a comment every 15 s on a quiet stream."""
+    services = _services(request)
+
+    async def stream() -> AsyncIterator[str]:
+        async with services.events.subscribe() as sub:
+            yield f"event: status\ndata: {json.dumps(status(services))}\n\n"
+            replayed = 0
+            for event in services.events.recent():
+                replayed = event.id
+                yield _sse(event)
+            while True:
+                batch = await sub.next(KEEPALIVE_S)
+                if not batch:
+                    yield ": keep-alive\n\n"
+                for event in batch:
+                    if event.id == 0 or event.id > replayed:  # 0: a `dropped` notice
+                        yield _sse(event)
+
+    headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

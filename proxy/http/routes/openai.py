@@ -1,15 +1,16 @@
 """The public OpenAI-compatible surface: what clients may reach, and nothing else.
 
 Backend dev endpoints (/sleep, /wake_up, /collective_rpc, ...) have no route here, so they are
-unreachable through the proxy. Inference requests are forwarded only under a lease on a READY
-backend. /tokenize and /detokenize are answered by vLLM's front end even while it sleeps
+unreachable through the proxy. The forwarded routes are the table of routes/table.py: inference
+requests are forwarded only under a lease on a READY backend; the tokenizer routes (/tokenize,
+/detokenize, /v1/messages/count_tokens) are answered by vLLM's front end even while it sleeps
 (verified on an H100 by the conformance suite), so they are forwarded without a switch.
 Stateless: a request's own state is its RequestRecord and its lease.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -21,10 +22,12 @@ from proxy.config import ModelConfig
 from proxy.errors import (
     BackendUnavailableError,
     ClientGoneError,
+    NotFoundError,
     ProxyError,
 )
 from proxy.http.backend_errors import error_response, is_error
 from proxy.http.disconnect import watching_client
+from proxy.http.form import read_form, with_form_model
 from proxy.http.forwarding import (
     UpstreamResponse,
     parse_json_object,
@@ -34,6 +37,7 @@ from proxy.http.forwarding import (
 )
 from proxy.http.rendering import render_error, upstream_failure
 from proxy.http.routes import schemas
+from proxy.http.routes.table import BY_PATH, ROUTES
 from proxy.observability.requestlog import RequestRecord
 from proxy.services import Services
 
@@ -76,8 +80,15 @@ async def _send(
         raise upstream_failure(f"backend of {model.name!r} did not answer", exc) from exc
 
 
-async def _parse(request: Request, services: Services) -> tuple[ModelConfig, bytes, bool]:
+async def _parse(
+    request: Request, services: Services, path: str
+) -> tuple[ModelConfig, bytes, bool]:
+    """The request's model, the body the backend gets, and whether the answer streams."""
     body = await read_body(request, services.config.limits.max_body_bytes)
+    if BY_PATH[path].body == "form":
+        form = read_form(body, request.headers.get("content-type"))
+        model = services.resolve(form.model)
+        return model, with_form_model(body, form, model.backend_model), form.stream
     data = parse_json_object(body, services.config.limits.max_json_depth)
     model = services.resolve(data.get("model"))
     return model, with_model(body, data, model.backend_model), bool(data.get("stream"))
@@ -110,7 +121,7 @@ async def _forward(
     request: Request, services: Services, path: str, record: RequestRecord
 ) -> Response:
     try:
-        model, body, record.stream = await _parse(request, services)
+        model, body, record.stream = await _parse(request, services, path)
         record.model = model.name
         leased = services.switcher.lease_now(model.name)
         if leased is None:  # a switch or a queue: wait, unless the client leaves first
@@ -171,7 +182,7 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
     services = services_of(request)
     record = _record(request, path)
     try:
-        model, body, _ = await _parse(request, services)
+        model, body, _ = await _parse(request, services, path)
         record.model = model.name
         backend = services.backends[model.name]
         if backend.state not in FRONTEND_STATES:  # no process to answer (failed, stopped, starting)
@@ -190,60 +201,62 @@ async def forward_frontend_only(request: Request, path: str) -> Response:
         return _refused(record, exc)
 
 
-@router.post("/v1/chat/completions", openapi_extra=schemas.body("/v1/chat/completions"))
-async def chat_completions(request: Request) -> Response:
-    return await forward(request, "/v1/chat/completions")
+def _endpoint(path: str) -> Callable[[Request], Awaitable[Response]]:
+    handler = FORWARDED[path]
+
+    async def endpoint(request: Request) -> Response:
+        return await handler(request, path)
+
+    return endpoint
 
 
-@router.post("/v1/completions", openapi_extra=schemas.body("/v1/completions"))
-async def completions(request: Request) -> Response:
-    return await forward(request, "/v1/completions")
-
-
-@router.post("/v1/embeddings", openapi_extra=schemas.body("/v1/embeddings"))
-async def embeddings(request: Request) -> Response:
-    return await forward(request, "/v1/embeddings")
-
-
-@router.post("/v1/responses", openapi_extra=schemas.body("/v1/responses"))
-async def responses(request: Request) -> Response:
-    return await forward(request, "/v1/responses")
-
-
-@router.post("/tokenize", openapi_extra=schemas.body("/tokenize"))
-async def tokenize(request: Request) -> Response:
-    return await forward_frontend_only(request, "/tokenize")
-
-
-@router.post("/detokenize", openapi_extra=schemas.body("/detokenize"))
-async def detokenize(request: Request) -> Response:
-    return await forward_frontend_only(request, "/detokenize")
-
-
-# the same handlers, for DirectRoutes (proxy/http/routes/direct.py): the hot path skips the router
-FORWARDED = {
-    **dict.fromkeys(
-        ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"), forward
-    ),
-    **dict.fromkeys(("/tokenize", "/detokenize"), forward_frontend_only),
+# every forwarded route of the table; DirectRoutes (proxy/http/routes/direct.py) hands the same
+# handlers these paths on the hot path, past the router
+FORWARDED: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
+    r.path: forward if r.switch else forward_frontend_only for r in ROUTES
 }
+for _route in ROUTES:
+    router.add_api_route(
+        _route.path,
+        _endpoint(_route.path),
+        methods=["POST"],
+        summary=_route.summary,
+        openapi_extra=schemas.body(_route.path),
+    )
+
+
+def _model_entries(services: Services) -> list[dict[str, Any]]:
+    data: list[dict[str, Any]] = []
+    for m in services.config.models:
+        backend = services.backends[m.name]
+        for name in (m.name, *m.aliases):
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "vllm-switch",
+                "root": m.name,
+                "state": backend.state.value,
+            }
+            if (max_len := getattr(backend, "max_model_len", None)) is not None:
+                entry["max_model_len"] = max_len
+            data.append(entry)
+    return data
 
 
 @router.get("/v1/models")
 async def models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _model_entries(services_of(request))})
+
+
+@router.get("/v1/models/{model_id:path}", responses=schemas.errors("400", "404"))
+async def model(request: Request, model_id: str) -> JSONResponse:
+    """`client.models.retrieve(id)`: one entry of /v1/models, or the OpenAI 404."""
     services = services_of(request)
-    data: list[dict[str, Any]] = []
-    for m in services.config.models:
-        state = services.backends[m.name].state.value
-        for name in (m.name, *m.aliases):
-            data.append(
-                {
-                    "id": name,
-                    "object": "model",
-                    "created": 0,
-                    "owned_by": "vllm-switch",
-                    "root": m.name,
-                    "state": state,
-                }
-            )
-    return JSONResponse({"object": "list", "data": data})
+    if not model_id:  # `/v1/models/`: no route, as every trailing-slash path
+        raise NotFoundError("no such route; see GET /v1/models and the README for the API")
+    for entry in _model_entries(services):
+        if entry["id"] == model_id:
+            return JSONResponse(entry)
+    services.resolve(model_id)  # raises the 404 (or 400 for an oversized id) with the names
+    raise AssertionError("unreachable: resolve found a model /v1/models does not list")
