@@ -147,7 +147,7 @@ def body(path: str) -> dict[str, Any]:
     }
 
 
-def errors(*codes: str) -> dict[str, Any]:
+def errors(*codes: str) -> dict[int | str, dict[str, Any]]:
     """`responses` for a route the proxy answers itself: these error statuses, documented."""
     return {code: {"description": _ERRORS[code], "content": _ERROR_CONTENT} for code in codes}
 
