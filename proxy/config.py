@@ -312,7 +312,7 @@ class ProxyConfig(_Strict):
     auth: AuthConfig = AuthConfig()
 
     @model_validator(mode="after")
-    def _names_are_unique_and_groups_known(self) -> Self:
+    def _names_backends_and_groups_are_unique(self) -> Self:
         seen: dict[str, str] = {}
         for m in self.models:
             for name in (m.name, *m.aliases):
@@ -321,6 +321,16 @@ class ProxyConfig(_Strict):
                         f"model name {name!r} is used by both {seen[name]!r} and {m.name!r}"
                     )
                 seen[name] = m.name
+        backends: dict[str, str] = {}
+        for m in self.models:
+            url = f"{m.url.scheme}://{(m.url.host or '').lower()}:{m.url.port}"
+            if url in backends:
+                raise ValueError(
+                    f"models {backends[url]!r} and {m.name!r} both use the backend {url}: one vLLM "
+                    "engine serves one model here (sleeping one would put the other to sleep "
+                    "too); give each model its own server, or one model several aliases"
+                )
+            backends[url] = m.name
         declared = [g.name for g in self.gpus]
         if len(set(declared)) != len(declared):
             raise ValueError("gpu names must be unique")

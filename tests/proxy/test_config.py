@@ -57,6 +57,15 @@ def test_minimal_config_gets_defaults() -> None:
             MINIMAL + "limits:\n  queue_size: 0\n",
             "limits.queue_size: Input should be greater than or equal to 1",
         ),
+        (
+            MINIMAL + "  - name: n\n    url: http://127.0.0.1:8001/v1\n",
+            "models 'm' and 'n' both use the backend http://127.0.0.1:8001: one vLLM engine "
+            "serves one model here",
+        ),
+        (
+            "models:\n  - name: m\n    url: http://Box:80\n  - name: n\n    url: http://box\n",
+            "models 'm' and 'n' both use the backend http://box:80",
+        ),
         ("- just a list\n", "expected a mapping at the top level"),
         ("models: [\n", "not valid YAML"),
     ],
@@ -70,6 +79,8 @@ def test_minimal_config_gets_defaults() -> None:
         "unknown-gpu",
         "max-awake-0",
         "queue-0",
+        "shared-backend",
+        "shared-backend-normalised",
         "not-mapping",
         "bad-yaml",
     ],
@@ -79,6 +90,18 @@ def test_bad_configs_point_at_the_field(text: str, message: str) -> None:
         parse_config(text, source="c.yaml")
     assert message in str(info.value)
     assert str(info.value).startswith("c.yaml: ")
+
+
+@pytest.mark.parametrize(
+    "second",
+    ["http://127.0.0.1:8002", "https://127.0.0.1:8001", "http://localhost:8001"],
+    ids=["other-port", "other-scheme", "other-host-spelling"],
+)
+def test_backends_differ_by_scheme_host_or_port(second: str) -> None:
+    """Only the exact scheme, lower-cased host and port are compared: localhost is not
+    resolved to 127.0.0.1 (no lookup while validating)."""
+    config = parse_config(MINIMAL + f"  - name: n\n    url: {second}\n")
+    assert [m.name for m in config.models] == ["m", "n"]
 
 
 def test_env_substitution_for_secrets() -> None:
