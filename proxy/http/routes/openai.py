@@ -10,14 +10,15 @@ Stateless: a request's own state is its RequestRecord and its lease.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from proxy.backends import BackendState, WakeTimings
+from proxy.backends import BackendState, Lease, WakeTimings
 from proxy.config import ModelConfig
 from proxy.errors import (
     BackendUnavailableError,
@@ -35,6 +36,7 @@ from proxy.http.forwarding import (
     request_headers,
     with_model,
 )
+from proxy.http.progress import ProgressStream
 from proxy.http.rendering import render_error, upstream_failure
 from proxy.http.routes import schemas
 from proxy.http.routes.table import BY_PATH, ROUTES
@@ -124,13 +126,71 @@ async def _forward(
         model, body, record.stream = await _parse(request, services, path)
         record.model = model.name
         leased = services.switcher.lease_now(model.name)
+        if leased is None and record.stream and model.progress != "off":
+            return await _wait_or_progress(request, services, model, path, body, record)
         if leased is None:  # a switch or a queue: wait, unless the client leaves first
             async with watching_client(request.receive):
                 leased = await services.switcher.lease(model.name)
-        lease, timings = leased
     except ClientGoneError:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
+    return await _leased(request, services, model, path, body, record, *leased)
+
+
+async def _wait_or_progress(
+    request: Request,
+    services: Services,
+    model: ModelConfig,
+    path: str,
+    body: bytes,
+    record: RequestRecord,
+) -> Response:
+    """A streaming request's wait: the usual answer if the lease comes within
+    `progress_after_s`, else a ProgressStream that sends the head and progress events first."""
+    limits = services.config.limits
+    waiting = asyncio.ensure_future(services.switcher.lease(model.name))
+    try:
+        async with watching_client(request.receive):
+            await asyncio.wait({waiting}, timeout=limits.progress_after_s)
+    except ClientGoneError:
+        ProgressStream.abandon(waiting)
+        raise
+    if waiting.done():
+        return await _leased(request, services, model, path, body, record, *waiting.result())
+    backend = services.backends[model.name]
+
+    async def answer(lease: Lease, timings: WakeTimings) -> Response:
+        return await _leased(request, services, model, path, body, record, lease, timings)
+
+    progress: Literal["comments", "reasoning"] = (
+        "reasoning"
+        if model.progress == "reasoning" and path == "/v1/chat/completions"
+        else "comments"
+    )
+    return ProgressStream(
+        waiting,
+        answer,
+        mode=progress,
+        model=model.name,
+        state=lambda: backend.state.value,
+        every_s=limits.progress_every_s,
+        headers={"x-vllm-switch-model": model.name, "x-request-id": record.request_id},
+        on_failure=record.rejected,
+        on_gone=lambda: record.finish(CLIENT_CLOSED, error="client_gone"),
+    )
+
+
+async def _leased(
+    request: Request,
+    services: Services,
+    model: ModelConfig,
+    path: str,
+    body: bytes,
+    record: RequestRecord,
+    lease: Lease,
+    timings: WakeTimings,
+) -> Response:
+    """Forward under `lease`; the answer returned owns the lease (or it was released)."""
     record.leased(model.name, timings)
     retry_s = services.config.limits.retry_after_s
     try:
