@@ -18,6 +18,13 @@ One `FakeServer` per base URL (host:port), each with its own engine state, as re
   - a server that is down refuses connections (`httpx.ConnectError`); calls in progress when it
     goes down fail with `httpx.RemoteProtocolError`.
 
+Start-up probe (proxy/backends/probe.py): `GET /v1/models` lists `served_names` (default: the
+served name) with `max_model_len`; `GET /server_info` (dev mode) has
+`vllm_config.model_config.enable_sleep_mode` (`sleep_mode`), or answers 404 with
+`server_info=False` (an older emulator); `dev_mode=False` answers every dev endpoint
+(/is_sleeping, /sleep, /wake_up, ...) 404, as vLLM does without VLLM_SERVER_DEV_MODE=1. The
+probe's two reads stay out of `log()` unless `probe=True`, as /health polls do unless `health`.
+
 Faults per server: `fail()` (an error answer, or any answer), `hold()` (a call waits at a `Gate`
 the test opens), `lie_is_sleeping`. Every call is recorded in order, per server and for all
 servers together (`FakeVllm.log()`), as short strings such as "POST /sleep?level=1&mode=wait".
@@ -40,6 +47,15 @@ WEDGED = "CUDA Error: invalid argument at <path>:169"
 ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 GENERATION = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings")
 HEALTH = "GET /health"
+PROBE_READS = ("/v1/models", "/server_info")  # GETs of the start-up probe, not in log() by default
+DEV_ROUTES = (
+    "/is_sleeping",
+    "/sleep",
+    "/wake_up",
+    "/collective_rpc",
+    "/reset_prefix_cache",
+    "/server_info",
+)
 
 
 def error_body(message: str, err_type: str, code: int) -> dict[str, Any]:
@@ -139,6 +155,11 @@ class FakeServer:
     wedged: bool = False
     dead: bool = False
     lie_is_sleeping: bool | None = None  # /is_sleeping answers this instead of the truth
+    dev_mode: bool = True  # False: the dev endpoints answer 404 (no VLLM_SERVER_DEV_MODE=1)
+    sleep_mode: bool = True  # /server_info's enable_sleep_mode
+    server_info: bool = True  # False: /server_info answers 404
+    served_names: tuple[str, ...] = ()  # what /v1/models lists; () = (served_name,)
+    max_model_len: int = 4096
     running: int = 0  # generation requests in progress
     calls: list[Call] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
@@ -193,8 +214,8 @@ class FakeServer:
         self.up = False
         self._notify()
 
-    def log(self, *, health: bool = False) -> list[str]:
-        return [str(c) for c in self.calls if health or str(c) != HEALTH]
+    def log(self, *, health: bool = False, probe: bool = False) -> list[str]:
+        return [str(c) for c in self.calls if shown(c, health=health, probe=probe)]
 
     def count(self, text: str) -> int:
         return sum(str(c) == text for c in self.calls)
@@ -249,7 +270,7 @@ class FakeServer:
                     self.wedged = True
                 return httpx.Response(fault.status, json=fault.body)
         route = ROUTES.get((call.method, call.path))
-        if route is None:
+        if route is None or (call.path in DEV_ROUTES and not self.dev_mode):
             return httpx.Response(404, json={"detail": "Not Found"})
         return await route(self, request, call)
 
@@ -332,6 +353,20 @@ class FakeServer:
             return self._die()
         return httpx.Response(200, json={"success": self.running == 0})
 
+    async def _models(self, request: httpx.Request, call: Call) -> httpx.Response:
+        cards = [
+            {"id": n, "object": "model", "owned_by": "vllm", "max_model_len": self.max_model_len}
+            for n in self.served_names or (self.served_name,)
+        ]
+        return httpx.Response(200, json={"object": "list", "data": cards})
+
+    async def _server_info(self, request: httpx.Request, call: Call) -> httpx.Response:
+        if not self.server_info:
+            return httpx.Response(404, json={"detail": "Not Found"})
+        model_config = {"max_model_len": self.max_model_len, "enable_sleep_mode": self.sleep_mode}
+        config = {"model_config": model_config}
+        return httpx.Response(200, json={"vllm_config": config, "vllm_env": {}, "system_env": {}})
+
     async def _generate(self, request: httpx.Request, call: Call) -> httpx.Response:
         model = call.body.get("model") if isinstance(call.body, dict) else None
         if model != self.served_name:
@@ -358,8 +393,19 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/wake_up"): FakeServer._wake_up,
     ("POST", "/collective_rpc"): FakeServer._collective_rpc,
     ("POST", "/reset_prefix_cache"): FakeServer._reset_prefix_cache,
+    ("GET", "/v1/models"): FakeServer._models,
+    ("GET", "/server_info"): FakeServer._server_info,
     **{("POST", path): FakeServer._generate for path in GENERATION},
 }
+
+
+def shown(call: Call, *, health: bool, probe: bool) -> bool:
+    """Whether `log()` lists a call: /health polls and the probe's reads only when asked."""
+    if str(call) == HEALTH:
+        return health
+    if call.method == "GET" and call.path in PROBE_READS:
+        return probe
+    return True
 
 
 class FakeVllm:
@@ -391,9 +437,9 @@ class FakeVllm:
     def _record(self, name: str, call: Call) -> None:
         self.calls.append((name, call))
 
-    def log(self, *, health: bool = False, since: int = 0) -> list[str]:
+    def log(self, *, health: bool = False, probe: bool = False, since: int = 0) -> list[str]:
         """Every call to every server since the `since`-th, as "name: METHOD path?query"."""
-        return [f"{n}: {c}" for n, c in self.calls[since:] if health or str(c) != HEALTH]
+        return [f"{n}: {c}" for n, c in self.calls[since:] if shown(c, health=health, probe=probe)]
 
     def note(self, name: str, event: str) -> None:
         """An event that is not a call (a process started or died), in the same log."""
