@@ -23,7 +23,7 @@ from proxy.errors import InvalidRequestError, ProxyError
 from proxy.http.auth import AuthMiddleware, guarding_keys
 from proxy.http.limits import HeaderLimitMiddleware
 from proxy.http.rendering import install_exception_handlers, render_error
-from proxy.http.routes import admin as admin_routes, openai as openai_routes, schemas
+from proxy.http.routes import admin as admin_routes, openai as openai_routes, schemas, ui
 from proxy.http.routes.direct import DirectRoutes
 from proxy.observability.metrics import UNKNOWN_MODEL
 from proxy.services import Services
@@ -49,6 +49,7 @@ def create_app(
     app.state.services = services
     app.include_router(openai_routes.router)
     app.include_router(admin_routes.router)
+    app.include_router(ui.router)  # the operator page, /ui (not in /openapi.json)
     install_exception_handlers(app)
     app.add_exception_handler(Exception, _internal_error)  # runs in Starlette's outermost layer
     names = [n for m in config.models for n in (m.name, *m.aliases)]
