@@ -20,15 +20,30 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from proxy.emulator import dev_routes, generation_routes
+from proxy.emulator import dev_routes, generation_routes, messages, pooling_routes
 from proxy.emulator.engine import ENGINE_DEAD, Engine, EngineDeadError
-from proxy.emulator.generation_routes import ModelNotFoundError, VllmValidationError
+from proxy.emulator.frontend import ModelNotFoundError
 from proxy.emulator.ledger import GpuLedger
 from proxy.emulator.metrics import EngineMetrics
-from proxy.emulator.protocol import VLLM_VERSION, error_body, model_card
+from proxy.emulator.protocol import VLLM_VERSION, VllmValidationError, error_body, model_card
 
 _AUTH_PREFIXES = ("/v1", "/v2", "/inference")
-_GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
+_GENERATION_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/v1/embeddings",
+        "/pooling",
+        "/classify",
+        "/score",
+        "/v1/score",
+        "/rerank",
+        "/v1/rerank",
+        "/v2/rerank",
+    }
+)
 _FAULTS = frozenset({"wake_oom", "hang_sleep", "hang_wake", "die_on_request"})
 
 
@@ -179,10 +194,16 @@ def create_app(
             engine.die("injected fault: die")
         return JSONResponse({"faults": sorted(engine.faults)})
 
-    if settings.embedding:
-        app.include_router(generation_routes.embedding_router)
-    else:
+    if settings.task == "generate":  # audio routes exist only for ASR models: 404 here
         app.include_router(generation_routes.router)
+        app.include_router(messages.router)
+    else:
+        app.include_router(pooling_routes.pooling_router)
+    if settings.task == "embed":
+        app.include_router(pooling_routes.embed_router)
+        app.include_router(pooling_routes.score_router)
+    if settings.task == "classify":
+        app.include_router(pooling_routes.classify_router)
     app.include_router(generation_routes.common_router)
     if dev_mode:
         app.include_router(dev_routes.router)

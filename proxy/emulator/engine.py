@@ -169,16 +169,23 @@ class Engine:
     def _emit(self, req: EngineRequest) -> None:
         assert req.rng is not None
         n = len(req.generated)
-        if not req.ignore_eos and n >= max(req.natural_length, req.min_tokens):
+        if req.script is not None:  # grammar-constrained output: the script, then EOS
+            done = n >= len(req.script)
+        else:
+            done = not req.ignore_eos and n >= max(req.natural_length, req.min_tokens)
+        if done:
             req.generated.append(self.tokenizer.vocab_size - 1)  # the EOS step: no text
             self._finish(req, Output(finish_reason="stop"))
             return
-        token = self._model.next_token(req.rng, weights_valid=self.weights_valid)
+        if req.script is not None:
+            token, text = req.script[n]
+        else:
+            token = self._model.next_token(req.rng, weights_valid=self.weights_valid)
+            text = self.tokenizer.piece(token)
         req.generated.append(token)
         if req.first_token_at is None:
             req.first_token_at = time.monotonic()
             self._metrics.record_first_token(req.first_token_at - req.arrival)
-        text = self.tokenizer.piece(token)
         if len(req.generated) >= req.max_tokens:
             self._finish(req, Output(token_id=token, text=text, finish_reason="length"))
         else:

@@ -36,6 +36,7 @@ class EngineRequest:
     min_tokens: int = 0
     ignore_eos: bool = False
     seed: int | None = None
+    script: list[tuple[int, str]] | None = None  # fixed (token id, text) steps, e.g. JSON
     arrival: float = field(default_factory=time.monotonic)
     outputs: asyncio.Queue[Output] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)

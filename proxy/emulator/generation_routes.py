@@ -1,167 +1,86 @@
-"""The OpenAI routes of the emulator: chat, completions, responses, embeddings, tokenize.
+"""The generate routes of the emulator: chat, completions, responses; tokenize for every model.
 
-Front-end validation (content type, schema, unknown model, context length) answers at once,
-even while the engine sleeps; everything that passes is queued in the engine and waits there.
-Streaming responses send their headers immediately and then nothing until the engine produces
-the first token - exactly what a client of a sleeping vLLM 0.26.0 sees.
+Front-end validation (content type, schema, unknown model, tool choice, logprobs, context
+length) answers at once, even while the engine sleeps; everything that passes is queued in the
+engine, one engine request per choice (`n`), and waits there. Streaming responses send their
+headers immediately and then nothing until the engine produces the first token - exactly what
+a client of a sleeping vLLM 0.26.0 sees. No state.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
+import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from proxy.emulator.engine import ENGINE_DEAD, Engine, EngineDeadError
-from proxy.emulator.engine_request import EngineRequest, Output
+from proxy.emulator.engine import Engine, EngineDeadError
+from proxy.emulator.engine_request import EngineRequest
+from proxy.emulator.fanout import collect, merged, submit
+from proxy.emulator.frontend import (
+    check_lengths,
+    check_model,
+    dead_response,
+    engine_of,
+    stream,
+    validate_json_request,
+)
+from proxy.emulator.options import Plan, chat_plan, check_sampling
 from proxy.emulator.protocol import (
     ChatCompletionRequest,
-    ChatRenderer,
-    CompletionRenderer,
     CompletionRequest,
     DetokenizeRequest,
-    EmbeddingRequest,
-    Renderer,
     ResponsesRequest,
     TokenizeRequest,
     error_body,
     fingerprint,
     new_id,
     sse,
-    usage,
 )
-
-SSE_MEDIA_TYPE = "text/event-stream"
-
-
-class VllmValidationError(Exception):
-    """vLLM's VLLMValidationError: 400 BadRequestError whose message names the parameter."""
-
-    def __init__(self, message: str, *, param: str, value: object) -> None:
-        super().__init__(f"{message} (parameter={param}, value={value})")
-        self.param = param
-
-
-class ModelNotFoundError(Exception):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{model}` does not exist.")
-
-
-async def validate_json_request(raw_request: Request) -> None:
-    content_type = raw_request.headers.get("content-type", "").lower()
-    if content_type.split(";", maxsplit=1)[0] != "application/json":
-        raise RequestValidationError(
-            errors=["Unsupported Media Type: Only 'application/json' is allowed"]
-        )
-
+from proxy.emulator.renderers import ChatRenderer, CompletionRenderer, Renderer
+from proxy.emulator.tokenizer import FakeTokenizer
 
 router = APIRouter(dependencies=[Depends(validate_json_request)])  # generate models
-embedding_router = APIRouter(dependencies=[Depends(validate_json_request)])  # pooling models
-common_router = APIRouter(dependencies=[Depends(validate_json_request)])  # both
+common_router = APIRouter(dependencies=[Depends(validate_json_request)])  # every model
 
 
-def engine_of(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
-    return engine
+def chat_prompt(
+    tok: FakeTokenizer, messages: Sequence[dict[str, Any]], tools: list[dict[str, Any]] | None
+) -> list[int]:
+    """The prompt's ids: the chat template, with the tool definitions as a system turn."""
+    text = tok.apply_chat_template(messages)
+    if tools:
+        text = f"<|im_start|>system\n# Tools\n{json.dumps(tools)}<|im_end|>\n{text}"
+    return tok.encode(text)
 
 
-def _check_model(engine: Engine, model: str | None) -> str:
-    names = engine.settings.served_model_names
-    if model and model not in names:
-        raise ModelNotFoundError(model)
-    return names[0]
-
-
-def _check_lengths(engine: Engine, prompt_len: int, max_out: int | None, param: str) -> int:
-    max_len = engine.settings.max_model_len
-    out = max_out or 0
-    if out > max_len:
-        raise VllmValidationError(
-            f"{param}={out} cannot be greater than max_model_len=max_total_tokens={max_len}. "
-            "Please request fewer output tokens.",
-            param=param,
-            value=out,
+def submit_choices(
+    engine: Engine,
+    plan: Plan,
+    prompt: list[int],
+    max_tokens: int,
+    body: ChatCompletionRequest | CompletionRequest,
+) -> list[EngineRequest]:
+    """One engine request per choice. Greedy choices are identical; sampled ones differ."""
+    reqs = []
+    for i in range(plan.n):
+        seed = (body.seed or 0) + (0 if body.temperature == 0 else i)
+        script = plan.script(engine.tokenizer, prompt, seed, 0)
+        reqs.append(
+            submit(
+                engine,
+                prompt,
+                max_tokens,
+                min_tokens=body.min_tokens,
+                ignore_eos=body.ignore_eos,
+                seed=seed,
+                script=script,
+            )
         )
-    if prompt_len > max_len - out:
-        raise VllmValidationError(
-            f"This model's maximum context length is {max_len} tokens. However, you requested "
-            f"{out} output tokens and your prompt contains {prompt_len} input tokens, for a total "
-            f"of {prompt_len + out} tokens. Please reduce the length of the input prompt or the "
-            "number of requested output tokens.",
-            param="input_tokens",
-            value=prompt_len,
-        )
-    return max_out if max_out is not None else max_len - prompt_len
-
-
-def _submit(engine: Engine, prompt_ids: list[int], max_tokens: int, body: Any) -> EngineRequest:
-    req = EngineRequest(
-        request_id=new_id("req"),
-        prompt_ids=prompt_ids,
-        max_tokens=max_tokens,
-        min_tokens=body.min_tokens,
-        ignore_eos=body.ignore_eos,
-        seed=body.seed,
-    )
-    engine.add_request(req)
-    return req
-
-
-async def _collect(request: Request, engine: Engine, req: EngineRequest) -> list[Output]:
-    """Wait for the whole generation, aborting it if the client disconnects first."""
-    outputs: list[Output] = []
-
-    async def gather() -> None:
-        while not (out := await req.outputs.get()).final:
-            outputs.append(out)
-        outputs.append(out)
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    gathering = asyncio.create_task(gather())
-    watching = asyncio.create_task(disconnected())
-    try:
-        await asyncio.wait({gathering, watching}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-        if not gathering.done():
-            gathering.cancel()
-            engine.cancel(req)
-    await asyncio.gather(gathering, return_exceptions=True)
-    return outputs
-
-
-def _stream(
-    engine: Engine, req: EngineRequest, frames: Callable[[Output], list[str]]
-) -> StreamingResponse:
-    async def body() -> AsyncIterator[str]:
-        try:
-            while True:
-                out = await req.outputs.get()
-                if out.error is not None:
-                    yield sse(error_body(out.error, "InternalServerError", 500))
-                    break
-                for frame in frames(out):
-                    yield frame
-                if out.final:
-                    break
-            yield "data: [DONE]\n\n"
-        finally:
-            engine.cancel(req)  # no-op once finished; aborts on client disconnect
-
-    return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE)
-
-
-def _dead_response() -> JSONResponse:
-    return JSONResponse(error_body(ENGINE_DEAD, "InternalServerError", 500), status_code=500)
+    return reqs
 
 
 async def _generate(
@@ -171,65 +90,82 @@ async def _generate(
     prompt: list[int],
     max_tokens: int,
     body: ChatCompletionRequest | CompletionRequest,
-    *,
-    echo: str = "",
 ) -> Response:
-    """Queue the request in the engine; stream it as SSE or answer once it is finished."""
+    """Queue the choices in the engine; stream them as SSE or answer once all are finished."""
     try:
-        req = _submit(engine, prompt, max_tokens, body)
+        reqs = submit_choices(engine, renderer.plan, prompt, max_tokens, body)
     except EngineDeadError:
-        return _dead_response()
+        return dead_response()
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     if body.stream:
 
-        def frames(out: Output) -> list[str]:
-            usage_of = (len(prompt), len(req.generated)) if include_usage else None
-            return renderer.frames(out.text, out.finish_reason, usage_of)
+        async def events() -> AsyncIterator[str]:
+            started = False
+            async for index, out in merged(reqs):
+                if out.error is not None:
+                    yield sse(error_body(out.error, "InternalServerError", 500))
+                    return
+                if not started:
+                    started = True
+                    for frame in renderer.first():
+                        yield frame
+                for frame in renderer.step(index, out, include_usage=include_usage):
+                    yield frame
+            if include_usage:
+                yield renderer.usage_chunk(len(prompt), sum(len(r.generated) for r in reqs))
 
-        return _stream(engine, req, frames)
-    outputs = await _collect(request, engine, req)
-    if not outputs:
+        return stream(engine, reqs, events)
+    choices = await collect(request, engine, reqs)
+    if choices is None:
         return Response(status_code=499)  # the client left; nobody reads this
-    if outputs[-1].error is not None:
-        return _dead_response()
-    text = echo + "".join(o.text for o in outputs)
-    finish = outputs[-1].finish_reason or "stop"
-    return JSONResponse(renderer.full(text, finish, len(prompt), len(req.generated)))
+    if any(c[-1].error is not None for c in choices):
+        return dead_response()
+    generated = sum(len(r.generated) for r in reqs)
+    assert isinstance(renderer, ChatRenderer | CompletionRenderer)
+    return JSONResponse(renderer.full(choices, len(prompt), generated))
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = _check_model(engine, body.model)
-    prompt = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(body.messages))
+    served = check_model(engine, body.model)
+    plan = chat_plan(body, auto_tools=engine.settings.enable_auto_tool_choice)
+    prompt = chat_prompt(engine.tokenizer, body.messages, body.tools)
     max_out: int | None = body.max_tokens
     param = "max_tokens"
     if body.max_completion_tokens is not None:
         max_out, param = body.max_completion_tokens, "max_completion_tokens"
-    max_tokens = _check_lengths(engine, len(prompt), max_out, param)
-    renderer = ChatRenderer(served, fingerprint(engine.settings.model))
+    max_tokens = check_lengths(engine, len(prompt), max_out, param)
+    renderer = ChatRenderer(served, fingerprint(engine.settings.model), engine.tokenizer, plan)
     return await _generate(request, engine, renderer, prompt, max_tokens, body)
 
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = _check_model(engine, body.model)
+    served = check_model(engine, body.model)
     if isinstance(body.prompt, str):
         prompt_text, prompt = body.prompt, engine.tokenizer.encode(body.prompt)
     else:
         prompt_text, prompt = "", [int(t) for t in (body.prompt or []) if isinstance(t, int)]
-    max_tokens = _check_lengths(engine, len(prompt), body.max_tokens, "max_tokens")
-    renderer = CompletionRenderer(served, fingerprint(engine.settings.model))
-    echo = prompt_text if body.echo else ""
-    return await _generate(request, engine, renderer, prompt, max_tokens, body, echo=echo)
+    max_tokens = check_lengths(engine, len(prompt), body.max_tokens, "max_tokens")
+    top = engine.tokenizer.vocab_size if body.logprobs == -1 else body.logprobs
+    plan = Plan(n=check_sampling(body.n, top), top_logprobs=top)
+    renderer = CompletionRenderer(
+        served,
+        fingerprint(engine.settings.model),
+        engine.tokenizer,
+        plan,
+        echo=prompt_text if body.echo else "",
+    )
+    return await _generate(request, engine, renderer, prompt, max_tokens, body)
 
 
 @router.post("/v1/responses")
 async def responses(body: ResponsesRequest, request: Request) -> Response:
     """Non-streaming Responses API (enough for a proxy to forward and a client to parse)."""
     engine = engine_of(request)
-    served = _check_model(engine, body.model)
+    served = check_model(engine, body.model)
     if body.stream:
         reason = "streaming /v1/responses is not emulated (vllm-switch emulator limitation)"
         return JSONResponse(error_body(reason, "NotImplementedError", 501), status_code=501)
@@ -239,16 +175,15 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
     if body.instructions:
         messages = [{"role": "system", "content": body.instructions}, *messages]
     prompt = engine.tokenizer.encode(engine.tokenizer.apply_chat_template(messages))
-    max_tokens = _check_lengths(engine, len(prompt), body.max_output_tokens, "max_output_tokens")
+    max_tokens = check_lengths(engine, len(prompt), body.max_output_tokens, "max_output_tokens")
     try:
-        req = _submit(
-            engine, prompt, max_tokens, ChatCompletionRequest(messages=messages, seed=body.seed)
-        )
+        req = submit(engine, prompt, max_tokens, seed=body.seed)
     except EngineDeadError:
-        return _dead_response()
-    outputs = await _collect(request, engine, req)
-    if not outputs or outputs[-1].error is not None:
-        return _dead_response()
+        return dead_response()
+    choices = await collect(request, engine, [req])
+    if not choices or choices[0][-1].error is not None:
+        return dead_response()
+    outputs = choices[0]
     text = "".join(o.text for o in outputs)
     status = "completed" if outputs[-1].finish_reason == "stop" else "incomplete"
     message = {
@@ -278,51 +213,10 @@ async def responses(body: ResponsesRequest, request: Request) -> Response:
     )
 
 
-@embedding_router.post("/v1/embeddings")
-async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
-    engine = engine_of(request)
-    served = _check_model(engine, body.model)
-    raw = body.input
-    items: list[str | list[int]]
-    if isinstance(raw, str):
-        items = [raw]
-    elif raw and all(isinstance(t, int) for t in raw):
-        items = [[int(t) for t in raw]]  # type: ignore[arg-type]
-    else:
-        items = list(raw)  # type: ignore[arg-type]
-    data, total = [], 0
-    created = int(time.time())
-    for i, item in enumerate(items):
-        ids = engine.tokenizer.encode(item) if isinstance(item, str) else list(item)
-        total += len(ids)
-        req = _submit(engine, ids, 1, ChatCompletionRequest(messages=[], ignore_eos=True))
-        outputs = await _collect(request, engine, req)
-        if not outputs or outputs[-1].error is not None:
-            return _dead_response()
-        digest = hashlib.sha256(repr(ids).encode()).digest()
-        data.append(
-            {
-                "index": i,
-                "object": "embedding",
-                "embedding": [round((b - 128) / 128, 6) for b in digest],
-            }
-        )
-    return JSONResponse(
-        {
-            "id": new_id("embd"),
-            "object": "list",
-            "created": created,
-            "model": served,
-            "data": data,
-            "usage": usage(total, 0),
-        }
-    )
-
-
 @common_router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     engine = engine_of(request)
-    _check_model(engine, body.model)
+    check_model(engine, body.model)
     text = (
         engine.tokenizer.apply_chat_template(body.messages)
         if body.messages is not None
@@ -342,5 +236,5 @@ async def tokenize(body: TokenizeRequest, request: Request) -> Response:
 @common_router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     engine = engine_of(request)
-    _check_model(engine, body.model)
+    check_model(engine, body.model)
     return JSONResponse({"prompt": engine.tokenizer.decode(body.tokens)})

@@ -1,4 +1,4 @@
-"""OpenAI request models and vLLM 0.26.0 response bodies, field for field.
+"""OpenAI request models, vLLM 0.26.0's validators for them, ids, usage and error bodies.
 
 Request models accept unknown fields (vLLM's `extra="allow"`), so any vLLM sampling extension
 goes through. Response builders emit keys in the order vLLM serialises them, so a byte-level
@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 VLLM_VERSION = "0.26.0"
 
@@ -22,6 +21,17 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
     include_usage: bool | None = False
     continuous_usage_stats: bool | None = False
+
+
+class VllmValidationError(Exception):
+    """vLLM's VLLMValidationError raised by a handler: 400 BadRequestError naming the parameter."""
+
+    def __init__(self, message: str, *, param: str | None = None, value: object = None) -> None:
+        extras = [] if param is None else [f"parameter={param}"]
+        if value is not None:
+            extras.append(f"value={value}")
+        super().__init__(f"{message} ({', '.join(extras)})" if extras else message)
+        self.param = param
 
 
 class _Sampling(BaseModel):
@@ -33,19 +43,73 @@ class _Sampling(BaseModel):
     temperature: float | None = None
     ignore_eos: bool = False
     min_tokens: int = 0
-    n: int = 1
+    n: int | None = 1
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = 0
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = "none"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_logprobs(cls, data: Any) -> Any:
+        """vLLM 0.26's check_logprobs: the messages are vLLM's."""
+        if isinstance(data, dict) and (top := data.get("top_logprobs")) is not None:
+            if not isinstance(top, int) or isinstance(top, bool):
+                return data  # the field's own type check answers
+            if top < 0 and top != -1:
+                raise ValueError("`top_logprobs` must be a positive value or -1.")
+            if (top == -1 or top > 0) and not data.get("logprobs"):
+                raise ValueError("when using `top_logprobs`, `logprobs` must be set to true.")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_tool_usage(cls, data: Any) -> Any:
+        """vLLM 0.26's check_tool_usage: tools default tool_choice to "auto"; a named choice
+        must name one of the tools."""
+        if not isinstance(data, dict):
+            return data
+        if "tool_choice" not in data and data.get("tools"):
+            data["tool_choice"] = "auto"
+        choice = data.get("tool_choice")
+        if choice is None or choice == "none":
+            return data
+        if data.get("tools") is None:
+            raise ValueError("When using `tool_choice`, `tools` must be set.")
+        if choice not in ("auto", "required") and not isinstance(choice, dict):
+            raise ValueError(
+                f"Invalid value for `tool_choice`: {choice}! "
+                'Only named tools, "none", "auto" or "required" are supported.'
+            )
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            tools = data["tools"] if isinstance(data["tools"], list) else []
+            names = [
+                t.get("function", {}).get("name")
+                for t in tools
+                if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            ]
+            if not isinstance(name, str) or name not in names:
+                raise ValueError(
+                    "The tool specified in `tool_choice` does not match any of the specified "
+                    "`tools`"
+                )
+        return data
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]] | None = None
     max_tokens: int | None = 16
     echo: bool | None = False
+    logprobs: int | None = None
 
 
 class EmbeddingRequest(BaseModel):
@@ -103,172 +167,6 @@ def error_body(message: str, err_type: str, code: int, param: str | None = None)
 def sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
     return f"data: {data}\n\n"
-
-
-class Renderer:
-    """One completion's identity (id, created, model) and its SSE framing."""
-
-    prefix: str = ""
-    chunk_object: str = ""
-
-    def __init__(self, model: str, system_fingerprint: str) -> None:
-        self.id = new_id(self.prefix)
-        self.created = int(time.time())
-        self.model = model
-        self.fp = system_fingerprint
-
-    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": self.chunk_object,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-
-    def usage_chunk(self, prompt: int, completion: int) -> dict[str, Any]:
-        return self._chunk(
-            [], usage=usage(prompt, completion, details=False), system_fingerprint=self.fp
-        )
-
-    def step(
-        self, text: str, finish_reason: str | None, *, include_usage: bool
-    ) -> list[dict[str, Any]]:
-        raise NotImplementedError
-
-    def frames(
-        self, text: str, finish_reason: str | None, usage_of: tuple[int, int] | None
-    ) -> list[str]:
-        """SSE events for one engine step; `usage_of` (prompt, completion) adds the usage chunk
-        after the final step, as `stream_options.include_usage` asks."""
-        events = self.step(text, finish_reason, include_usage=usage_of is not None)
-        if finish_reason is not None and usage_of is not None:
-            events.append(self.usage_chunk(*usage_of))
-        return [sse(e) for e in events]
-
-    def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-
-class ChatRenderer(Renderer):
-    """Chat completion bodies and chunks: a role chunk first, then content deltas."""
-
-    prefix = "chatcmpl"
-    chunk_object = "chat.completion.chunk"
-    _started = False
-
-    def role_chunk(self) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "delta": {"role": "assistant", "content": ""},
-            "logprobs": None,
-            "finish_reason": None,
-        }
-        return self._chunk([choice], prompt_token_ids=None, prompt_text=None)
-
-    def step(
-        self, text: str, finish_reason: str | None, *, include_usage: bool
-    ) -> list[dict[str, Any]]:
-        events = [] if self._started else [self.role_chunk()]
-        self._started = True
-        choice: dict[str, Any] = {
-            "index": 0,
-            "delta": {"content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
-        if finish_reason is None:
-            choice["token_ids"] = None
-            return [*events, self._chunk([choice])]
-        choice["stop_reason"] = None
-        choice["token_ids"] = None
-        fingerprint = {} if include_usage else {"system_fingerprint": self.fp}
-        return [*events, self._chunk([choice], **fingerprint)]
-
-    def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
-        message = {
-            "role": "assistant",
-            "content": text,
-            "refusal": None,
-            "annotations": None,
-            "audio": None,
-            "function_call": None,
-            "reasoning": None,
-        }
-        choice = {
-            "index": 0,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "stop_reason": None,
-            "token_ids": None,
-            "routed_experts": None,
-        }
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "service_tier": None,
-            "system_fingerprint": self.fp,
-            "usage": usage(prompt, completion),
-            "prompt_logprobs": None,
-            "prompt_token_ids": None,
-            "prompt_text": None,
-            "kv_transfer_params": None,
-            "ec_transfer_params": None,
-            "metrics": None,
-        }
-
-
-class CompletionRenderer(Renderer):
-    """Text completion bodies and chunks."""
-
-    prefix = "cmpl"
-    chunk_object = "text_completion"
-
-    def step(
-        self, text: str, finish_reason: str | None, *, include_usage: bool
-    ) -> list[dict[str, Any]]:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "stop_reason": None,
-            "prompt_token_ids": None,
-            "token_ids": None,
-        }
-        final = finish_reason is not None and not include_usage
-        return [self._chunk([choice], **({"system_fingerprint": self.fp} if final else {}))]
-
-    def full(self, text: str, finish_reason: str, prompt: int, completion: int) -> dict[str, Any]:
-        choice = {
-            "index": 0,
-            "text": text,
-            "logprobs": None,
-            "finish_reason": finish_reason,
-            "stop_reason": None,
-            "token_ids": None,
-            "prompt_logprobs": None,
-            "prompt_token_ids": None,
-            "routed_experts": None,
-        }
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "service_tier": None,
-            "system_fingerprint": self.fp,
-            "usage": usage(prompt, completion),
-            "kv_transfer_params": None,
-            "ec_transfer_params": None,
-            "metrics": None,
-        }
 
 
 def model_card(name: str, root: str, max_model_len: int, created: int) -> dict[str, Any]:

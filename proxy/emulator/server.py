@@ -22,7 +22,7 @@ from proxy.emulator.engine import Engine
 from proxy.emulator.ledger import GpuLedger, LedgerDirError
 from proxy.emulator.metrics import EngineMetrics
 from proxy.emulator.protocol import VLLM_VERSION
-from proxy.emulator.settings import GIB, EmulatorSettings, parse_settings
+from proxy.emulator.settings import GIB, EmulatorSettings, SettingsError, parse_settings
 
 log = logging.getLogger("vllm.emulator")
 DEATH_EXIT_DELAY_S = 5.0
@@ -158,7 +158,11 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         sys.stderr.write(f"ValueError: {exc} (VLLM_SERVER_DEV_MODE must be an integer)\n")
         return 1
-    settings = parse_settings(argv)
+    try:
+        settings = parse_settings(argv)
+    except SettingsError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
     if not settings.api_keys and os.environ.get("VLLM_API_KEY"):
         from dataclasses import replace
 

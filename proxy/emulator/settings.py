@@ -51,7 +51,6 @@ _IGNORED_VALUE_FLAGS = (
     "--uvicorn-log-level",
     "--shutdown-timeout",
     "--generation-config",
-    "--tool-call-parser",
     "--reasoning-parser",
     "--limit-mm-per-prompt",
     "--hf-overrides",
@@ -120,7 +119,9 @@ class EmulatorSettings:
     disable_log_stats: bool = False
     enable_server_load_tracking: bool = False
     enable_request_id_headers: bool = False
-    embedding: bool = False
+    task: str = "generate"  # generate | embed | classify (--runner pooling, --convert)
+    enable_auto_tool_choice: bool = False
+    tool_call_parser: str | None = None
     weights_gib: float = 1.11
     gpu_name: str = "fake-h100-0"
     gpu_memory_gib: float = 79.19
@@ -177,7 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-server-load-tracking", action="store_true")
     p.add_argument("--enable-request-id-headers", action="store_true")
     p.add_argument("--runner", choices=("auto", "generate", "pooling"), default="auto")
-    p.add_argument("--convert", default=None, help="`embed` selects the embedding mode")
+    p.add_argument(
+        "--convert", default=None, help="`embed` or `classify`: serve the model as a pooling one"
+    )
+    p.add_argument("--enable-auto-tool-choice", action="store_true")
+    p.add_argument("--tool-call-parser", default=None, help="any name (the parser is emulated)")
     for flag in _IGNORED_VALUE_FLAGS:
         p.add_argument(
             flag, dest=f"ignored_{flag.lstrip('-').replace('-', '_')}", help=argparse.SUPPRESS
@@ -240,8 +245,22 @@ def _model_len(text: str) -> int:
     return int(t)
 
 
+class SettingsError(ValueError):
+    """A flag combination vLLM refuses at start-up; the message is what vLLM prints."""
+
+
+def _task(runner: str, convert: str | None) -> str:
+    if convert in ("embed", "classify"):
+        return convert
+    return "embed" if runner == "pooling" else "generate"
+
+
 def parse_settings(argv: list[str]) -> EmulatorSettings:
     ns, _unknown = build_parser().parse_known_args(argv)
+    if ns.enable_auto_tool_choice and not ns.tool_call_parser:
+        raise SettingsError(
+            "TypeError: Error: --enable-auto-tool-choice requires --tool-call-parser"
+        )
     model = ns.model_flag or ns.model_tag or "Qwen/Qwen3-0.6B"
     base = Timings.h100(ns.emu_weights_gib) if ns.emu_timing == "h100" else Timings.instant()
     overrides = {
@@ -263,7 +282,9 @@ def parse_settings(argv: list[str]) -> EmulatorSettings:
         disable_log_stats=ns.disable_log_stats,
         enable_server_load_tracking=ns.enable_server_load_tracking,
         enable_request_id_headers=ns.enable_request_id_headers,
-        embedding=ns.runner == "pooling" or ns.convert == "embed",
+        task=_task(ns.runner, ns.convert),
+        enable_auto_tool_choice=ns.enable_auto_tool_choice,
+        tool_call_parser=ns.tool_call_parser,
         weights_gib=ns.emu_weights_gib,
         gpu_name=ns.emu_gpu,
         gpu_memory_gib=ns.emu_gpu_memory_gib,

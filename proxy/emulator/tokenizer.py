@@ -87,6 +87,10 @@ class FakeTokenizer:
             ids.append(known)
         return ids
 
+    def split(self, text: str) -> list[tuple[int, str]]:
+        """`text` as (token id, exact text) steps whose texts join back to `text`."""
+        return [(self.encode(piece)[0], piece) for piece in _PIECE.findall(text)]
+
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self._vocab[i] if 0 <= i < self.vocab_size else "" for i in ids)
 
