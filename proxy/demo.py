@@ -44,14 +44,16 @@ Try it (watch the x-vllm-switch-* headers: what each request paid for switching)
   curl -si {url}/v1/chat/completions -H 'content-type: application/json' \\
     -d '{{"model": "{large}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 16}}'
 
-  python3 - <<'PY'
-from openai import OpenAI
-client = OpenAI(base_url="{url}/v1", api_key="not-needed")
+  python3 - <<'PY'    # httpx comes with vllm-switch
+import httpx
 for model in ["{small}", "{large}", "{small}"]:
-    raw = client.chat.completions.with_raw_response.create(
-        model=model, messages=[{{"role": "user", "content": "Hi"}}], max_tokens=8)
-    print(model, "wake", raw.headers["x-vllm-switch-wake-ms"], "ms:", raw.parse().choices[0].message.content)
+    r = httpx.post("{url}/v1/chat/completions", timeout=60, json={{
+        "model": model, "messages": [{{"role": "user", "content": "Hi"}}], "max_tokens": 8}})
+    print(model, "wake", r.headers["x-vllm-switch-wake-ms"], "ms:", r.json()["choices"][0]["message"]["content"])
 PY
+
+  Any OpenAI SDK works too (pip install openai):
+    OpenAI(base_url="{url}/v1", api_key="not-needed")
 
 Ctrl-C stops the proxy and both emulated vLLM servers.
 """
@@ -96,8 +98,9 @@ def demo_config(emulators: list[EmulatorProcess], host: str, port: int) -> Proxy
 
 
 def run_demo(host: str, port: int) -> int:
-    raise_open_file_limit(logging.getLogger("vllm_switch"))
+    """Raises ListenError (a one-line reason) when it cannot listen at host:port."""
     sock = tcp_listener(host, port)  # bound and listening before anything starts
+    raise_open_file_limit(logging.getLogger("vllm_switch"))
     bound = sock.getsockname()[1]
     with tempfile.TemporaryDirectory(prefix="vllm-switch-demo-") as tmp:
         print(f"starting two emulated vLLM servers (logs in {tmp}) ...", flush=True)  # noqa: T201
