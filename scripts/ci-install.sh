@@ -2,7 +2,8 @@
 # CI step 1 of 2: install what the checks need - the project with its dev tools (the README's
 # test command's first half), Node 20 + the openai npm package, and the system packages of the
 # process tests (a real Prometheus + promtool, docker-compose to validate deploy/, wrk for the
-# overhead benchmark's smoke test). Idempotent: skips what is already there. Run from anywhere.
+# overhead benchmark's smoke test, headless Chromium + chromedriver for the operator page's
+# browser test). Idempotent: skips what is already there. Run from anywhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -15,7 +16,8 @@ if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split("."
   apt_install nodejs npm
 fi
 missing=()
-for tool in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk; do
+for tool in prometheus:prometheus promtool:prometheus docker-compose:docker-compose wrk:wrk \
+  chromium:chromium chromedriver:chromium-driver; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

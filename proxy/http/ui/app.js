@@ -281,10 +281,15 @@ async function streamLoop(signal) {
         return;
       }
       if (!r.ok || !r.body) throw new Error(await errorMessage(r));
-      label.textContent = "stream: live";
-      label.className = "live";
-      backoff = BACKOFF_MIN_MS;
-      await readEvents(r.body, signal, onEvent);
+      await readEvents(r.body, signal, (type, data) => {
+        if (type === "status") {
+          // live once the proxy's first event came: a stream that breaks at once keeps backing off
+          label.textContent = "stream: live";
+          label.className = "live";
+          backoff = BACKOFF_MIN_MS;
+        }
+        onEvent(type, data);
+      });
       if (signal.aborted) return;
       throw new Error("ended");
     } catch (err) {
