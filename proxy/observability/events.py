@@ -36,7 +36,7 @@ class Event:
         return {"id": self.id, "type": self.type, "at": round(self.at, 3), **self.data}
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: the subscribers are a set
 class Subscription:
     queue: deque[Event] = field(default_factory=lambda: deque(maxlen=QUEUE))
     dropped: int = 0

@@ -1,11 +1,12 @@
 """`Recorder`: a raw-socket stand-in for vLLM on 127.0.0.1, in the test's event loop, for the
 header and body hygiene tests. It answers the proxy's start-up calls (`/health`,
-`/is_sleeping`) and records the head and body of every other request (`seen`), answering it with
-the next scripted reply (`replies`, else `reply()`)."""
+`/is_sleeping`, the start-up probe's `/v1/models` with its `served` names and `/server_info`) and records the head and body of every
+other request (`seen`), answering it with the next scripted reply (`replies`, else `reply()`)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,14 @@ class Recorder:
     """A vLLM stand-in on 127.0.0.1; owns its server, `seen` and `replies` (tests read `seen`
     and append to `replies` before the request that takes one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, served: tuple[str, ...] = ("m",)) -> None:
+        cards = [{"id": name, "object": "model", "max_model_len": 4096} for name in served]
+        info = {"vllm_config": {"model_config": {"enable_sleep_mode": True}}}
+        self._control = {
+            **CONTROL,
+            b"/v1/models": json.dumps({"object": "list", "data": cards}).encode(),
+            b"/server_info?config_format=json": json.dumps(info).encode(),
+        }
         self.seen: list[Seen] = []
         self.replies: deque[bytes] = deque()
         self.url = ""
@@ -65,8 +73,8 @@ class Recorder:
                 fields = [line.partition(b":") for line in lines[1:]]
                 headers = [(n.strip().lower(), v.strip()) for n, _, v in fields]
                 body = await _body(reader, dict(headers))
-                if target in CONTROL:
-                    answer = reply(CONTROL[target])
+                if target in self._control:
+                    answer = reply(self._control[target])
                 else:
                     self.seen.append(Seen(target, head, headers, body))
                     answer = self.replies.popleft() if self.replies else reply()

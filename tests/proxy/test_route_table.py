@@ -40,7 +40,7 @@ def config(url: str, **top: Any) -> ProxyConfig:
 @asynccontextmanager
 async def proxied(**top: Any) -> AsyncIterator[tuple[Recorder, httpx.AsyncClient]]:
     async with (
-        Recorder() as backend,
+        Recorder(served=("org/served",)) as backend,
         serve_proxy(config(backend.url, **top)) as proxy,
         httpx.AsyncClient(base_url=proxy.url, timeout=30) as client,
     ):
@@ -77,7 +77,10 @@ async def test_a_form_route_finds_model_after_the_file_and_keeps_every_other_byt
 
 
 async def test_the_openai_sdk_transcribes_through_the_proxy() -> None:
-    async with Recorder() as backend, serve_proxy(config(backend.url)) as proxy:
+    async with (
+        Recorder(served=("org/served",)) as backend,
+        serve_proxy(config(backend.url)) as proxy,
+    ):
         backend.replies.append(reply(b'{"text":"hello"}'))
         client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="none")
         done = await client.audio.transcriptions.create(model="m", file=("a.wav", AUDIO))
@@ -135,7 +138,10 @@ async def test_an_oversized_form_is_refused_with_413() -> None:
 
 
 async def test_models_retrieve_answers_one_entry_or_the_openai_404() -> None:
-    async with Recorder() as backend, serve_proxy(config(backend.url)) as proxy:
+    async with (
+        Recorder(served=("org/served",)) as backend,
+        serve_proxy(config(backend.url)) as proxy,
+    ):
         client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="none")
         got = await client.models.retrieve("alias")
         assert (got.id, got.owned_by) == ("alias", "vllm-switch")
