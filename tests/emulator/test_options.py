@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import httpx
-import jsonschema  # type: ignore[import-untyped]  # via schemathesis (the test extra)
+import jsonschema
 import pytest
 
 from tests.helpers.processes import EmulatorProcess, Spawn, emulator_stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # via schemathesis (the test extra)
+import jsonschema
 import pytest
 
 from proxy.emulator.schema_instance import UnsupportedSchemaError, instance_for
