@@ -17,10 +17,13 @@ import asyncio
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+
+from tests.helpers.fleet import Fleet
 
 # virtual time for tests marked `looptime` (a plugin module: loaded here, where `tests` is
 # importable, for every test under tests/)
@@ -29,7 +32,7 @@ pytest_plugins = ["tests.virtual_time"]
 # fixtures that start processes or servers (each where it is defined)
 PROCESS_FIXTURES = frozenset(
     {
-        "fleet",  # tests/proxy/conftest.py: emulators on a fake GPU
+        "fleet",  # below: emulators on a fake GPU
         "spawn",  # tests/emulator/conftest.py: emulators
         "target",  # tests/conformance/conftest.py: two emulators (or a real vLLM)
     }
@@ -74,3 +77,23 @@ def pytest_runtest_protocol(
         for owner, name, what in GUARDED:
             patch.setattr(owner, name, _refuse(item, what))
         return (yield)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
+    """Emulators on one fake GPU (`tests.helpers.fleet.Fleet`), stopped by PID at teardown, and
+    two of the design's invariants checked on every test that used it: memory - no wake failed
+    for lack of fake GPU memory (ledger `oom_events == 0`); routing - no request reached a
+    sleeping backend (`requests_queued_while_asleep == 0`). Tests that inject those very
+    faults opt out with `@pytest.mark.faults`."""
+    f = Fleet(tmp_path)
+    try:
+        yield f
+        if request.node.get_closest_marker("faults") is None:
+            assert f.ledger()["oom_events"] == 0, "a wake failed for lack of GPU memory"
+            for name, emu in f.emulators.items():
+                if emu.proc.poll() is None:
+                    queued = f.counters(name).get("requests_queued_while_asleep", 0)
+                    assert queued == 0, f"{queued} request(s) reached {name} while it slept"
+    finally:
+        f.stop_all()
