@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import httpx
@@ -127,49 +129,51 @@ async def _forward(
         record.model = model.name
         leased = services.switcher.lease_now(model.name)
         if leased is None and record.stream and model.progress != "off":
-            return await _wait_or_progress(request, services, model, path, body, record)
+            return await _wait_or_progress(_Call(request, services, model, path, body, record))
         if leased is None:  # a switch or a queue: wait, unless the client leaves first
             async with watching_client(request.receive):
                 leased = await services.switcher.lease(model.name)
     except ClientGoneError:
         record.finish(CLIENT_CLOSED, error="client_gone")
         return Response(status_code=CLIENT_CLOSED)
-    return await _leased(request, services, model, path, body, record, *leased)
+    return await _leased(_Call(request, services, model, path, body, record), *leased)
 
 
-async def _wait_or_progress(
-    request: Request,
-    services: Services,
-    model: ModelConfig,
-    path: str,
-    body: bytes,
-    record: RequestRecord,
-) -> Response:
+@dataclass(frozen=True)
+class _Call:
+    """One parsed request on its way to a backend."""
+
+    request: Request
+    services: Services
+    model: ModelConfig
+    path: str
+    body: bytes
+    record: RequestRecord
+
+
+async def _wait_or_progress(call: _Call) -> Response:
     """A streaming request's wait: the usual answer if the lease comes within
     `progress_after_s`, else a ProgressStream that sends the head and progress events first."""
-    limits = services.config.limits
-    waiting = asyncio.ensure_future(services.switcher.lease(model.name))
+    model, record = call.model, call.record
+    limits = call.services.config.limits
+    waiting = asyncio.ensure_future(call.services.switcher.lease(model.name))
     try:
-        async with watching_client(request.receive):
+        async with watching_client(call.request.receive):
             await asyncio.wait({waiting}, timeout=limits.progress_after_s)
     except ClientGoneError:
         ProgressStream.abandon(waiting)
         raise
     if waiting.done():
-        return await _leased(request, services, model, path, body, record, *waiting.result())
-    backend = services.backends[model.name]
-
-    async def answer(lease: Lease, timings: WakeTimings) -> Response:
-        return await _leased(request, services, model, path, body, record, lease, timings)
-
+        return await _leased(call, *waiting.result())
+    backend = call.services.backends[model.name]
     progress: Literal["comments", "reasoning"] = (
         "reasoning"
-        if model.progress == "reasoning" and path == "/v1/chat/completions"
+        if model.progress == "reasoning" and call.path == "/v1/chat/completions"
         else "comments"
     )
     return ProgressStream(
         waiting,
-        answer,
+        partial(_leased, call),
         mode=progress,
         model=model.name,
         state=lambda: backend.state.value,
@@ -180,17 +184,16 @@ async def _wait_or_progress(
     )
 
 
-async def _leased(
-    request: Request,
-    services: Services,
-    model: ModelConfig,
-    path: str,
-    body: bytes,
-    record: RequestRecord,
-    lease: Lease,
-    timings: WakeTimings,
-) -> Response:
+async def _leased(call: _Call, lease: Lease, timings: WakeTimings) -> Response:
     """Forward under `lease`; the answer returned owns the lease (or it was released)."""
+    request, services, model, path, body, record = (
+        call.request,
+        call.services,
+        call.model,
+        call.path,
+        call.body,
+        call.record,
+    )
     record.leased(model.name, timings)
     retry_s = services.config.limits.retry_after_s
     try:
