@@ -109,7 +109,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  gpu {gpu} (max_awake={config.gpu(gpu).max_awake}): {', '.join(names)}")
     if not args.probe:
         return 0
-    reports = asyncio.run(_probe_all(config.models))
+    reports = asyncio.run(_probe_all(config))
     print("probe of the running backends (read-only: nothing is slept or woken):")
     for m, report in zip(config.models, reports, strict=True):
         print(f"  {m.name} ({m.base_url}): {_probe_summary(report)}")
@@ -118,20 +118,31 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
-async def _probe_all(models: tuple[ModelConfig, ...]) -> list[ProbeReport]:
+async def _probe_all(config: ProxyConfig) -> list[ProbeReport]:
     import httpx
 
-    from proxy.backends.probe import probe_backend
+    from proxy.backends.probe import may_sleep, probe_backend
+
+    def needs_sleep(m: ModelConfig) -> bool:
+        members = sum(other.gpu == m.gpu for other in config.models)
+        return may_sleep(m, members, config.gpu(m.gpu).max_awake)
 
     async with httpx.AsyncClient() as client:
-        return list(await asyncio.gather(*(probe_backend(m, client) for m in models)))
+        probes = (probe_backend(m, client, needs_sleep=needs_sleep(m)) for m in config.models)
+        return list(await asyncio.gather(*probes))
 
 
 def _probe_summary(report: ProbeReport) -> str:
     if not report.ok:
         return f"{len(report.findings)} problem(s)"
     facts = ["asleep" if report.is_sleeping else "awake"]
-    facts.append("sleep mode on" if report.sleep_mode else "sleep mode unknown (no /server_info)")
+    facts.append(
+        "sleep mode on"
+        if report.sleep_mode
+        else "sleep mode off (never put to sleep: alone on its GPU)"
+        if report.sleep_mode is False
+        else "sleep mode unknown (no /server_info)"
+    )
     if report.max_model_len is not None:
         facts.append(f"max_model_len {report.max_model_len}")
     return "OK (" + ", ".join(facts) + ")"

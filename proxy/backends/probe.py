@@ -11,7 +11,8 @@ the model's `timeouts.control_s` (so a probe never hangs):
     pool), so the next wake beside it would run out of memory. An answer that lacks the field,
     or no answer, is "unknown", never a failure (logged at debug);
   - `/v1/models` - the served names (the model's `served_name` must be one of them) and the
-    backend's `max_model_len`.
+    backend's `max_model_len`; a 401 is a finding (the model's `api_key` is wrong), an answer
+    without a model list is "unknown" (logged as a warning).
 
 Stateless: it returns a `ProbeReport`; what a finding does to the backend (FAILED at start-up,
 switching/startup.py) or to the user (`vllm-switch check-config --probe`) is the caller's.
@@ -97,17 +98,23 @@ async def _get(model: ModelConfig, client: httpx.AsyncClient, path: str) -> _Ans
 
 
 async def probe_backend(
-    model: ModelConfig, client: httpx.AsyncClient, *, dev_mode_known: bool = False
+    model: ModelConfig,
+    client: httpx.AsyncClient,
+    *,
+    dev_mode_known: bool = False,
+    needs_sleep: bool = True,
 ) -> ProbeReport:
     """Probe one backend. `dev_mode_known`: the proxy started it with VLLM_SERVER_DEV_MODE=1
-    itself, so /is_sleeping is not asked (a supervised backend at start-up)."""
+    itself, so /is_sleeping is not asked (a supervised backend at start-up). `needs_sleep`
+    False: nothing will ever put it to sleep (see `may_sleep`), so sleep mode off is no
+    finding."""
     findings: list[Finding] = []
     is_sleeping: bool | None = None
     dev_mode = True
     if not dev_mode_known:
         is_sleeping, dev_mode = await _is_sleeping(model, client, findings)
     sleep_mode = await _sleep_mode(model, client) if dev_mode else None
-    if sleep_mode is False:
+    if sleep_mode is False and needs_sleep:
         findings.append(
             Finding(
                 "sleep_mode",
@@ -118,6 +125,13 @@ async def probe_backend(
         )
     served, max_model_len = await _models(model, client, findings)
     return ProbeReport(is_sleeping, sleep_mode, served, max_model_len, tuple(findings))
+
+
+def may_sleep(model: ModelConfig, members: int, max_awake: int) -> bool:
+    """Whether the proxy may ever put this model to sleep: its GPU group has more members than
+    it keeps awake, or it sleeps when idle. (One model alone on its GPU never sleeps, so it
+    needs no --enable-sleep-mode; an operator's sleep of it then frees nothing.)"""
+    return members > max_awake or model.idle_sleep_s is not None
 
 
 async def _is_sleeping(
@@ -176,10 +190,12 @@ async def _models(
         )
         return (), None
     if answer.status != 200 or not isinstance(data, list):
-        findings.append(
-            Finding(
-                "models", answer.describe("/v1/models"), "is it a vLLM 0.26 server, up and healthy?"
-            )
+        # vLLM always lists its models; a server that does not cannot be checked, which is no
+        # reason to refuse it (its requests will say what is wrong)
+        log.warning(
+            "probe %s: served_name not checked (%s without a model list)",
+            model.name,
+            answer.describe("/v1/models"),
         )
         return (), None
     cards = {c["id"]: c for c in data if isinstance(c, dict) and isinstance(c.get("id"), str)}

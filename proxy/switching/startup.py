@@ -5,7 +5,8 @@ Per group, under its lock (so no request switches meanwhile; requests wait for `
   1. attached backends (a `url` only): wait for /health (never touch memory while one starts),
      then probe each (backends/probe.py: read-only GETs - /is_sleeping, whether sleep mode is
      on, whether its /v1/models lists the model's served name, its max_model_len). One set up
-     wrongly (no dev mode, no sleep mode, another model) is FAILED with the finding and its
+     wrongly (no dev mode, no sleep mode while the proxy may put it to sleep, another model)
+     is FAILED with the finding and its
      fix, holding memory unless it sleeps with sleep mode on: it can never be slept for real;
   2. supervised backends (a `command`) with `start: eager` - unless a member failed and may
      still hold memory (then they stay STOPPED, and the group answers "blocked"): first put every awake attached
@@ -35,7 +36,7 @@ import logging
 import httpx
 
 from proxy.backends import Backend, BackendState
-from proxy.backends.probe import ProbeReport, probe_backend
+from proxy.backends.probe import ProbeReport, may_sleep, probe_backend
 from proxy.clock import Clock
 from proxy.switching.group import GpuGroup
 from proxy.switching.switcher import Switcher
@@ -67,7 +68,7 @@ async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
     await asyncio.gather(*(_wait_up(b, switcher.clock) for b in attached))
     asleep: dict[str, bool] = {}
     for b in attached:
-        if b.state is BackendState.UNKNOWN and (state := await _probe(b)) is not None:
+        if b.state is BackendState.UNKNOWN and (state := await _probe(b, group)) is not None:
             asleep[b.name] = state
     awake = [b for b in attached if asleep.get(b.name) is False]
     # a level-2 backend that says it sleeps may hold its weights anyway: a proxy killed between
@@ -123,7 +124,9 @@ async def _bootstrap(switcher: Switcher, group: GpuGroup, eager: list[Backend]) 
         log.info("bootstrap %s: starting %s (%d/%d%s)", group.name, b.name, i, len(eager), eta)
         if not await switcher.start_now(b, group):
             continue
-        report = await probe_backend(b.config, _client(b), dev_mode_known=True)
+        report = await probe_backend(
+            b.config, _client(b), dev_mode_known=True, needs_sleep=_needs_sleep(b, group)
+        )
         b.max_model_len = report.max_model_len
         if not report.ok:
             log.error(
@@ -155,10 +158,11 @@ async def _wait_up(backend: Backend, clock: Clock) -> None:
         await asyncio.sleep(HEALTH_POLL_S)
 
 
-async def _probe(backend: Backend) -> bool | None:
+async def _probe(backend: Backend, group: GpuGroup) -> bool | None:
     """The start-up probe of an attached backend: whether it sleeps, or None (and FAILED) if it
     cannot say or is set up so that the proxy could never really put it to sleep."""
-    report = await probe_backend(backend.config, _client(backend))
+    needs_sleep = _needs_sleep(backend, group)
+    report = await probe_backend(backend.config, _client(backend), needs_sleep=needs_sleep)
     backend.max_model_len = report.max_model_len
     if report.ok:
         return report.is_sleeping
@@ -167,6 +171,10 @@ async def _probe(backend: Backend) -> bool | None:
     free = report.is_sleeping is True and report.sleep_mode is True
     backend.mark_failed(_failure(report), holds_memory=not free)
     return None
+
+
+def _needs_sleep(backend: Backend, group: GpuGroup) -> bool:
+    return may_sleep(backend.config, len(group.members), group.max_awake)
 
 
 def _failure(report: ProbeReport) -> str:

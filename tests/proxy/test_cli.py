@@ -207,9 +207,13 @@ def test_check_config_probe_prints_each_finding_with_its_fix(tmp_path: Path) -> 
                 running_emulator(tmp_path, argv, name=name, dev_mode=dev_mode)
             )
             urls[name] = emu.url
-        models = [{"name": n, "url": u, "gpu": n} for n, u in urls.items()]
+        # good and nosleep share a GPU (so either may be put to sleep); nodev is alone
+        gpus = {"good": "g0", "nosleep": "g0", "nodev": "g1"}
+        models = [{"name": n, "url": u, "gpu": gpus[n]} for n, u in urls.items()]
         path = tmp_path / "c.yaml"
-        path.write_text(yaml.safe_dump({"models": models, "gpus": [{"name": n} for n in urls]}))
+        path.write_text(
+            yaml.safe_dump({"models": models, "gpus": [{"name": "g0"}, {"name": "g1"}]})
+        )
         done = vllm_switch("check-config", "--probe", str(path))
         stats = {n: cast(dict[str, int], emulator_stats(u)["stats"]) for n, u in urls.items()}
     out = done.stdout

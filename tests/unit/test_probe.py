@@ -89,6 +89,22 @@ async def test_the_backend_key_is_sent_and_a_401_names_api_key() -> None:
     assert "`api_key`" in report.message()
 
 
+async def test_a_backend_without_a_model_list_is_unchecked_not_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every vLLM lists its models; a server that does not cannot be checked (a warning)."""
+    vllm = FakeVllm()
+    server = vllm.add("m", URL)
+    server.fail("GET", "/v1/models", status=404, body={"detail": "Not Found"})
+    cfg = ModelConfig.model_validate({"name": "m", "url": URL})
+    with caplog.at_level(logging.WARNING, logger="proxy.backends.probe"):
+        async with httpx.AsyncClient(transport=vllm.transport) as client:
+            report = await probe_backend(cfg, client)
+    assert report.ok
+    assert (report.served, report.max_model_len) == ((), None)
+    assert "served_name not checked (GET /v1/models answered 404" in caplog.text
+
+
 @pytest.mark.parametrize(("path", "unknown"), [("/server_info", True), ("/is_sleeping", False)])
 async def test_every_read_is_bounded_by_control_s(path: str, unknown: bool) -> None:
     """A read that never answers ends after timeouts.control_s: /server_info's is "unknown",
@@ -143,6 +159,21 @@ async def test_sleep_mode_off_at_start_up_fails_it_even_when_it_says_it_sleeps()
         assert "start vLLM with --enable-sleep-mode" in a.failure
 
 
+@pytest.mark.parametrize(
+    ("extra", "failed"),
+    [({}, False), ({"idle_sleep_s": 60}, True)],
+    ids=["alone", "alone-with-idle-sleep"],
+)
+async def test_sleep_mode_is_needed_only_by_a_model_that_may_be_put_to_sleep(
+    extra: dict[str, Any], failed: bool
+) -> None:
+    """Alone on its GPU (max_awake 1) nothing ever puts it to sleep - unless idle_sleep_s."""
+    async with rig(build_config({"name": "model-a", **extra}), reconcile=False) as r:
+        r.server("model-a").sleep_mode = False
+        await r.start_up()
+        assert r.state("model-a") == ("failed" if failed else "ready")
+
+
 async def test_a_wrong_served_name_of_a_sleeping_backend_leaves_its_group_usable() -> None:
     """It sleeps with sleep mode on: its memory is free, so only it is FAILED."""
     config = build_config({"name": "model-a", "served_name": "typo"}, "model-b")
@@ -161,7 +192,7 @@ async def test_a_started_backend_is_probed_and_a_finding_is_logged_not_failed(
 ) -> None:
     """A supervised one: dev mode is the proxy's own; a finding is an error in the log (a
     FAILED supervised backend with a live process would be started twice)."""
-    async with rig(build_config(supervised("model-s")), reconcile=False) as r:
+    async with rig(build_config("model-x", supervised("model-s")), reconcile=False) as r:
         r.server("model-s").sleep_mode = False
         r.server("model-s").max_model_len = 2048
         with caplog.at_level(logging.ERROR):
