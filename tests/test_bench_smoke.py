@@ -17,11 +17,33 @@ pytestmark = pytest.mark.process  # each benchmark as a subprocess
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_bench(script: str, out: Path, *args: str, timeout_s: float = 110) -> Any:
+    """Run bench/`script` with `args`; its whole JSON report. A failure or a timeout fails the
+    test with the end of the child's stderr and stdout (a bare exit status says nothing)."""
+    argv = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script} ran past {timeout_s:g}s:\n{_tails(exc.stdout, exc.stderr)}")
+    assert done.returncode == 0, (
+        f"{script} exited with {done.returncode}:\n{_tails(done.stdout, done.stderr)}"
+    )
+    assert out.exists(), f"{script} wrote no {out.name}:\n{_tails(done.stdout, done.stderr)}"
+    return json.loads(out.read_text())
+
+
+def _tails(stdout: str | bytes | None, stderr: str | bytes | None) -> str:
+    def tail(text: str | bytes | None) -> str:
+        if isinstance(text, bytes):
+            text = text.decode(errors="replace")
+        return (text or "")[-3000:] or "(nothing)"
+
+    return f"--- stderr (end) ---\n{tail(stderr)}\n--- stdout (end) ---\n{tail(stdout)}"
+
+
 def bench(script: str, out: Path, *args: str, timeout_s: float = 110) -> Any:
     """Run bench/`script` with `args`; its JSON report's results."""
-    argv = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)]
-    subprocess.run(argv, check=True, capture_output=True, timeout=timeout_s)
-    return json.loads(out.read_text())["results"]
+    return run_bench(script, out, *args, timeout_s=timeout_s)["results"]
 
 
 def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
@@ -30,7 +52,7 @@ def test_overhead_benchmark_smoke(tmp_path: Path) -> None:
     assert seen == {
         (t, c, s) for t in ("direct", "vllm-switch") for c in (1, 4) for s in (False, True)
     }
-    assert all(r["errors"] == 0 and r["requests"] > 0 for r in rows)
+    assert [r for r in rows if r["errors"] or not r["requests"]] == [], "errors or no requests"
     streams = {(r["target"], r["concurrency"]): r["chunks_per_stream"] for r in rows if r["stream"]}
     for c in (1, 4):  # every SSE event forwarded as its own event: none merged, none lost
         assert streams[("vllm-switch", c)] == streams[("direct", c)] == 17  # role + 16 tokens
@@ -46,7 +68,7 @@ def test_parser_benchmark_smoke(tmp_path: Path) -> None:
     assert set(results) == {"json (1 read)", "sse 17 events (19 reads)"}
     for per_parser in results.values():
         assert {"vllm-switch (llhttp + checks)", "h11"} <= set(per_parser)
-        assert all(us > 0 for us in per_parser.values())
+        assert all(us > 0 for us in per_parser.values()), per_parser
 
 
 def test_wrk_benchmark_smoke(tmp_path: Path) -> None:
@@ -63,11 +85,7 @@ def test_wrk_benchmark_smoke(tmp_path: Path) -> None:
 def test_scheduling_benchmark_smoke(tmp_path: Path) -> None:
     """Every workload runs under every policy, each on a fresh proxy, without an error; the
     counters it reads moved (the load switched models) and the invariants held."""
-    out = tmp_path / "scheduling.json"
-    argv = [sys.executable, str(ROOT / "bench" / "scheduling.py"), "--quick", "--out", str(out)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = run_bench("scheduling.py", tmp_path / "scheduling.json", "--quick", timeout_s=180)
     rows = {(r["workload"], r["policy"]): r for r in report["results"]}
     workloads = ("closed-k2", "closed-k6", "poisson-20", "pipeline")
     policies = ("naive", "fifo", "default")
@@ -81,7 +99,8 @@ def test_scheduling_benchmark_smoke(tmp_path: Path) -> None:
     # serving every model takes at least two switches, and some answers waited for a wake
     for w in ("closed-k6", "poisson-20", "pipeline"):
         for p in policies:
-            assert all(m["requests"] > 0 for m in rows[(w, p)]["per_model"].values())
+            per_model = rows[(w, p)]["per_model"]
+            assert all(m["requests"] > 0 for m in per_model.values()), (w, p, per_model)
             assert rows[(w, p)]["switches_until_all_done"] >= 2
             assert rows[(w, p)]["waited_for_wake_fraction"] > 0
     assert "closed-k2: switches per request <= 0.1" in report["targets"]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from proxy.config import ConfigError, json_schema, load_config, parse_config
 
@@ -18,6 +21,54 @@ def test_example_config_loads() -> None:
     assert config.models[0].backend_model == "Qwen/Qwen3-0.6B"
     assert config.models[1].sleep_level == 2
     assert config.gpu("gpu0").max_awake == 1
+
+
+def schema_keys(schema: dict[str, Any]) -> set[str]:
+    """Every key the schema allows, as dotted paths ("models.restart.window_s"); list items
+    and optional (anyOf ... null) sub-objects are walked through."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while True:
+            if "$ref" in node:
+                node = defs[node["$ref"].rsplit("/", 1)[1]]
+            elif "anyOf" in node:
+                nested = [n for n in node["anyOf"] if "$ref" in n or n.get("type") == "array"]
+                if not nested:
+                    return node
+                node = nested[0]
+            elif node.get("type") == "array" and isinstance(node.get("items"), dict):
+                node = node["items"]
+            else:
+                return node
+
+    keys: set[str] = set()
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, sub in resolve(node).get("properties", {}).items():
+            keys.add(prefix + key)
+            walk(sub, f"{prefix}{key}.")
+
+    walk(schema, "")
+    return keys
+
+
+def yaml_keys(data: Any, prefix: str = "") -> set[str]:
+    """Every key a YAML document sets, as dotted paths, over all items of its lists."""
+    if isinstance(data, list):
+        return set().union(*(yaml_keys(v, prefix) for v in data))
+    if not isinstance(data, dict):
+        return set()
+    return set().union(*({prefix + k} | yaml_keys(v, f"{prefix}{k}.") for k, v in data.items()))
+
+
+def test_example_config_has_every_key_of_the_schema() -> None:
+    """The example says it shows every key: a key added to the config must be added there."""
+    schema = json.loads((ROOT / "deploy" / "config.schema.json").read_text())
+    allowed = schema_keys(schema)
+    assert {"models.restart.window_s", "gpus.scheduling.policy", "limits.queue_size"} <= allowed
+    example = yaml_keys(yaml.safe_load((ROOT / "deploy" / "config.example.yaml").read_text()))
+    assert sorted(allowed - example) == [], "keys missing from deploy/config.example.yaml"
 
 
 def test_schema_file_is_current() -> None:
