@@ -17,6 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from proxy.errors import InvalidRequestError
 
 MAX_MODEL_FIELD = 1024  # bytes; a longer `model` is refused before it is decoded
+TRUE = frozenset({b"true", b"1", b"yes", b"on", b"t", b"y"})  # pydantic's true strings
 
 
 @dataclass
@@ -113,9 +114,11 @@ def _fields(parts: list[_Part], values: dict[bytes, bytes]) -> FormFields:
             out.model = values.get(b"model", b"").decode()
         except UnicodeDecodeError:
             raise InvalidRequestError("the form's `model` is not UTF-8", param="model") from None
-        # an empty value has no data callback: its span is where the data would start
+        # an empty value has no data callback, so no span (resolve() refuses an empty model)
         out.span = (part.start, part.end) if part.start >= 0 else None
-    out.stream = values.get(b"stream", b"").strip().lower() in (b"true", b"1")
+    if len([p for p in parts if p.name == b"stream"]) > 1:
+        raise InvalidRequestError("the form has more than one `stream` field", param="stream")
+    out.stream = values.get(b"stream", b"").strip().lower() in TRUE
     return out
 
 

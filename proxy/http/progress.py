@@ -56,7 +56,11 @@ class ProgressStream(Response):
     ) -> None:
         self.status_code = 200
         self.background = None
-        base = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+        base = {
+            "content-type": "text/event-stream; charset=utf-8",
+            "cache-control": "no-cache",
+            "x-accel-buffering": "no",  # nginx would hold the progress events back
+        }
         self.raw_headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
             for k, v in (base | headers | {"x-vllm-switch-progress": mode}).items()
@@ -81,8 +85,7 @@ class ProgressStream(Response):
                 self._taken = True  # the answer owns the lease from here, and releases it
                 inner = await self._answer(lease, timings)
         except ClientGoneError:
-            if not self._taken:  # after that, the answer records how it ended
-                self._on_gone()
+            self._on_gone()  # idempotent: an answer that recorded its end already wins
             return
         except ProxyError as exc:
             self._on_failure(exc)
@@ -145,26 +148,35 @@ class ProgressStream(Response):
 
 
 class _HeadSent:
-    """`send` for the backend's answer once our head is out: its head is dropped; a body of an
-    error answer (an OpenAI error object, or anything) becomes an SSE error event + [DONE]."""
+    """`send` for the backend's answer once our head is out: its head is dropped; an SSE body
+    passes through; any other body (an error answer, or a 2xx that is not a stream) is held
+    (up to HELD_BYTES) and sent as one SSE event: the OpenAI error object + [DONE], or the
+    JSON answer as one `data:` event + [DONE]."""
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._error: int | None = None
+        self._status = 200
+        self._sse = True
         self._held = b""
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
-            status = int(message["status"])
-            self._error = status if status >= 400 else None
+            self._status = int(message["status"])
+            kind = dict(message.get("headers", ())).get(b"content-type", b"")
+            self._sse = self._status < 400 and kind.startswith(b"text/event-stream")
             return
-        if message["type"] != "http.response.body" or self._error is None:
+        if message["type"] != "http.response.body" or self._sse:
             await self._send(message)
             return
-        self._held += message.get("body", b"")
+        if len(self._held) < HELD_BYTES:
+            self._held += message.get("body", b"")[: HELD_BYTES - len(self._held)]
         if message.get("more_body", False):
             return
-        await self._send({"type": "http.response.body", "body": _as_event(self._held, self._error)})
+        event = _as_event(self._held, self._status)
+        await self._send({"type": "http.response.body", "body": event})
+
+
+HELD_BYTES = 64 * 1024  # of a body that is not a stream, turned into one event
 
 
 def _as_event(body: bytes, status: int) -> bytes:
@@ -172,7 +184,8 @@ def _as_event(body: bytes, status: int) -> bytes:
         data = json.loads(body)
     except ValueError:
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+    if isinstance(data, dict) and (status < 400 or isinstance(data.get("error"), dict)):
+        # a 2xx answer where a stream was asked for, or the backend's OpenAI error object
         return f"data: {json.dumps(data)}\n\ndata: [DONE]\n\n".encode()
     error = UpstreamUnreachableError(f"the backend answered {status}: {body[:200]!r}")
     return sse_error(error)

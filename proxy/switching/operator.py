@@ -84,6 +84,8 @@ class Operator:
                 await self._switcher.steps.put_to_sleep(b, group)
             finally:
                 group.enter(None)
+        if b.failure:  # its process died while it drained: FAILED, not asleep
+            return self._done(b, "sleep", f"not put to sleep: {b.failure}", t0)
         return self._done(b, "sleep", "put to sleep (requests that come now wake it again)", t0)
 
     async def wake(self, b: Backend) -> Outcome:

@@ -63,6 +63,9 @@ class Transitions:
             raise self._unavailable(
                 f"model {victim.name!r} still had requests in flight after {t.drain_s:g}s; not switching"
             ) from None
+        except BaseException:  # cancelled (shutdown): never leave it refusing every request
+            victim.end_drain()
+            raise
 
     async def _sleep(self, victim: Backend, group: GpuGroup, *, preempt: bool) -> float:
         t = victim.config.timeouts

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import openai
 
+from proxy.http.progress import _HeadSent
 from tests.helpers.bodies import chat
 from tests.helpers.fleet import Fleet, config_for
 from tests.helpers.proxy_server import RunningProxy, serve_proxy
@@ -47,6 +48,7 @@ async def test_a_long_wake_sends_the_head_and_comments_then_the_stream(fleet: Fl
             head_s = time.monotonic() - t0
             assert r.status_code == 200
             assert r.headers["x-vllm-switch-progress"] == "comments"
+            assert r.headers["x-accel-buffering"] == "no", "nginx must not hold the comments"
             assert r.headers["content-type"].startswith("text/event-stream")
             lines = [line async for line in r.aiter_lines() if line]
     assert head_s < 1.0, "the head comes long before the 1.5 s wake ends"
@@ -164,3 +166,35 @@ async def test_a_client_that_leaves_during_the_progress_leaves_the_queue(fleet: 
         assert backend.leases == 0
         ok = await client.post("/v1/chat/completions", json=chat("model-a"))
     assert ok.status_code == 200
+
+
+async def _through_head_sent(status: int, kind: bytes, *bodies: bytes) -> list[Any]:
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    head_sent = _HeadSent(send)
+    await head_sent(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]}
+    )
+    for i, body in enumerate(bodies):
+        more = i < len(bodies) - 1
+        await head_sent({"type": "http.response.body", "body": body, "more_body": more})
+    return sent
+
+
+async def test_after_the_head_a_stream_passes_and_anything_else_becomes_one_event() -> None:
+    """The backend's own head is dropped (ours is out); its SSE body passes chunk by chunk; a
+    JSON answer where a stream was asked for, or an error answer, becomes one event + [DONE]."""
+    sse = await _through_head_sent(200, b"text/event-stream", b"data: 1\n\n", b"data: [DONE]\n\n")
+    assert [m["body"] for m in sse] == [b"data: 1\n\n", b"data: [DONE]\n\n"]
+    plain = await _through_head_sent(200, b"application/json", b'{"id":', b'"x"}')
+    assert [m["body"] for m in plain] == [b'data: {"id": "x"}\n\ndata: [DONE]\n\n']
+    error = b'{"error": {"message": "bad", "type": "BadRequestError", "code": 400}}'
+    failed = await _through_head_sent(400, b"application/json", error)
+    assert json.loads(failed[0]["body"].split(b"\n")[0][6:])["error"]["message"] == "bad"
+    assert failed[0]["body"].endswith(b"data: [DONE]\n\n")
+    garbage = await _through_head_sent(502, b"text/html", b"<html>" * 100_000)
+    assert b"the backend answered 502" in garbage[0]["body"]
+    assert len(garbage[0]["body"]) < 2000, "held and cut, not buffered whole"

@@ -152,8 +152,16 @@ async def model_action(request: Request, name: str, action: str) -> JSONResponse
         )
     act = getattr(services.operator, action)
     task = asyncio.ensure_future(act(services.backends[model.name]))
+    task.add_done_callback(_read_outcome)
     outcome = await asyncio.shield(task)  # cancelled here (shutdown): the step still completes
     return JSONResponse(outcome.as_dict())
+
+
+def _read_outcome(task: asyncio.Future[Any]) -> None:
+    """A shielded action whose request was cancelled: its failure is read (the operator logged
+    it already), never left for "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _sse(event: Event) -> str:

@@ -160,7 +160,7 @@ async def _wait_or_progress(call: _Call) -> Response:
     try:
         async with watching_client(call.request.receive):
             await asyncio.wait({waiting}, timeout=limits.progress_after_s)
-    except ClientGoneError:
+    except BaseException:  # the client left, or a cancellation: nobody will take the lease
         ProgressStream.abandon(waiting)
         raise
     if waiting.done():
