@@ -34,6 +34,11 @@ class VllmControl:
         self._timeout = httpx.Timeout(None, connect=t.connect_s)
         self._health_timeout = httpx.Timeout(t.control_s, connect=t.connect_s)
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The HTTP client its calls use (start-up's probe reads the same backend with it)."""
+        return self._client
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self._client.request(

@@ -185,7 +185,5 @@ def _failure(report: ProbeReport) -> str:
 
 
 def _client(backend: Backend) -> httpx.AsyncClient:
-    """The client the backend's control calls use (its transport: the tests' fake vLLM too).
-    VllmControl does not expose it (yet), so the probe reads it here, in one place."""
-    client: httpx.AsyncClient = backend.control._client
-    return client
+    """The client the backend's control calls use (its transport: the tests' fake vLLM too)."""
+    return backend.control.client

@@ -38,6 +38,8 @@ CONTROL = {  # what vLLM's Sleep Mode endpoints answer (an awake server)
     **dict.fromkeys([b"/health", b"/sleep", b"/wake_up", b"/reset_prefix_cache"], b""),
     b"/is_sleeping": b'{"is_sleeping":false}',
     b"/collective_rpc": b"{}",
+    # the start-up probe's reads (proxy/backends/probe.py): no model list, no config = unknown
+    **dict.fromkeys([b"/v1/models", b"/server_info"], b"{}"),
 }
 
 

@@ -24,7 +24,7 @@ AUTH = {"api_keys": [CLIENT], "admin_keys": [ADMIN]}
 @asynccontextmanager
 async def admin(fleet: Fleet) -> AsyncIterator[tuple[RunningProxy, httpx.AsyncClient]]:
     fleet.start(("model-a", []), ("model-b", []))
-    models: list[dict[str, Any]] = [{"name": "model-a", "aliases": ["a"]}, {"name": "model-b"}]
+    models: list[dict[str, Any]] = [{"name": "model-a", "aliases": ["org/a"]}, {"name": "model-b"}]
     async with (
         serve_proxy(config_for(fleet, models, auth=AUTH)) as proxy,
         httpx.AsyncClient(
@@ -62,7 +62,7 @@ async def test_sleep_and_wake_over_http_show_in_the_event_stream(fleet: Fleet) -
         slept = await client.post("/admin/models/model-b/sleep")
         assert slept.status_code == 200, slept.text
         assert slept.json()["state"] == "asleep"
-        woke = await client.post("/admin/models/a/wake")  # an alias names its model
+        woke = await client.post("/admin/models/org/a/wake")  # an alias, with a slash
         assert woke.status_code == 200, woke.text
         assert (woke.json()["model"], woke.json()["state"]) == ("model-a", "ready")
         async with asyncio.timeout(10):

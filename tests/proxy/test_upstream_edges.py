@@ -343,51 +343,64 @@ async def test_partial_chunk_data_is_handed_on_before_the_chunk_is_complete(
 
 
 async def test_each_model_has_its_own_read_timeout(backend: Misbehaving) -> None:
+    """Two models (one backend each: one engine serves one model) on the proxy's one pool."""
     release = asyncio.Event()
     backend.plans.append([wait(release), echo()])  # the patient model's request
-    backend.plans.append([hang()])  # the impatient model's: never answered
-    patient = {"name": "patient", "timeouts": {"read_s": 30}}
-    impatient = {"name": "impatient", "timeouts": {"read_s": 0.5}}
-    async with proxied(backend.url, patient, impatient) as client:
-        slow = asyncio.create_task(ask(client, "p", "patient"))
-        await backend.until(lambda: len(backend.requests) == 1)
-        began = time.monotonic()
-        async with asyncio.timeout(10):
-            assert_proxy_error(await ask(client, "i", "impatient"), 504, "upstream_timeout")
-        assert time.monotonic() - began < 5
-        assert not slow.done(), "the patient model's request was cut with the other's timeout"
-        release.set()
-        assert marker(await slow) == "p"
-
-
-async def test_each_model_has_its_own_connect_timeout(backend: Misbehaving) -> None:
-    """The first model's connect_s (30) is not everybody's: the second's (0.5) holds."""
-    patient = {"name": "patient", "timeouts": {"connect_s": 30}}
-    impatient = {"name": "impatient", "timeouts": {"connect_s": 0.5}}
-    async with proxied(backend.url, patient, impatient) as client:
-        port = backend.port
-        await backend.stop()  # no idle connection is left to reuse (control calls close)
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", port))
-        listener.listen(0)  # an accept queue of one, never accepted: later SYNs are dropped
-        fillers = [socket.socket() for _ in range(4)]
-        try:
-            for f in fillers:
-                f.setblocking(False)
-                f.connect_ex(("127.0.0.1", port))
+    async with Misbehaving() as other:
+        other.plans.append([hang()])  # the impatient model's: never answered
+        patient = {"name": "patient", "url": backend.url, "timeouts": {"read_s": 30}}
+        impatient = {"name": "impatient", "url": other.url, "timeouts": {"read_s": 0.5}}
+        async with proxied(backend.url, patient, impatient) as client:
             slow = asyncio.create_task(ask(client, "p", "patient"))
+            await backend.until(lambda: len(backend.requests) == 1)
             began = time.monotonic()
             async with asyncio.timeout(10):
                 assert_proxy_error(await ask(client, "i", "impatient"), 504, "upstream_timeout")
             assert time.monotonic() - began < 5
-            assert not slow.done()
-            async with Misbehaving(listener) as again:  # accepts: the retransmitted SYN gets in
-                assert marker(await slow) == "p"
-                assert [r.json() for r in again.requests] == [{"model": "patient", "marker": "p"}]
-        finally:
-            for f in fillers:
-                f.close()
+            assert not slow.done(), "the patient model's request was cut with the other's timeout"
+            release.set()
+            assert marker(await slow) == "p"
+
+
+def _unaccepting(port: int) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener on `port` whose accept queue (of one) is full: later SYNs are dropped."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    fillers = [socket.socket() for _ in range(4)]
+    for f in fillers:
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+    return listener, fillers
+
+
+async def test_each_model_has_its_own_connect_timeout(backend: Misbehaving) -> None:
+    """The first model's connect_s (30) is not everybody's: the second's (0.5) holds."""
+    async with Misbehaving() as other:
+        patient = {"name": "patient", "url": backend.url, "timeouts": {"connect_s": 30}}
+        impatient = {"name": "impatient", "url": other.url, "timeouts": {"connect_s": 0.5}}
+        async with proxied(backend.url, patient, impatient) as client:
+            ports = (backend.port, other.port)
+            await backend.stop()  # no idle connection is left to reuse (control calls close)
+            await other.stop()
+            (listener, fillers), (other_listener, other_fillers) = map(_unaccepting, ports)
+            try:
+                slow = asyncio.create_task(ask(client, "p", "patient"))
+                began = time.monotonic()
+                async with asyncio.timeout(10):
+                    assert_proxy_error(await ask(client, "i", "impatient"), 504, "upstream_timeout")
+                assert time.monotonic() - began < 5
+                assert not slow.done()
+                async with Misbehaving(listener) as again:  # the retransmitted SYN gets in
+                    assert marker(await slow) == "p"
+                    assert [r.json() for r in again.requests] == [
+                        {"model": "patient", "marker": "p"}
+                    ]
+            finally:
+                for f in (*fillers, *other_fillers):
+                    f.close()
+                other_listener.close()
 
 
 @pytest.mark.parametrize(

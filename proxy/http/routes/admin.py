@@ -135,7 +135,7 @@ KEEPALIVE_S = 15.0  # an SSE comment this often on a quiet stream (proxies and i
 
 
 @router.post(
-    "/admin/models/{name}/{action}",
+    "/admin/models/{name:path}/{action}",  # a name may hold a slash (Qwen/Qwen3-8B)
     responses=schemas.errors("400", "404", "409", "429", "502", "503", "504"),
 )
 async def model_action(request: Request, name: str, action: str) -> JSONResponse:
