@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,10 +40,18 @@ router = APIRouter(dependencies=[Depends(validate_json_request)])
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
+class AnthropicMessage(BaseModel):
+    """vLLM's: a role and a content that is text or a list of blocks (else a 400)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
 class CountTokensRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    messages: list[dict[str, Any]]
+    messages: list[AnthropicMessage]
     system: str | list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
@@ -91,9 +99,7 @@ def _text(content: Any) -> str:
 def to_chat(body: CountTokensRequest) -> ChatCompletionRequest:
     """vLLM's conversion: system first, tools as functions, tool_choice any -> required."""
     messages = [{"role": "system", "content": _text(body.system)}] if body.system else []
-    messages += [
-        {"role": m.get("role", "user"), "content": _text(m.get("content"))} for m in body.messages
-    ]
+    messages += [{"role": m.role, "content": _text(m.content)} for m in body.messages]
     data: dict[str, Any] = {"model": body.model, "messages": messages}
     if isinstance(body, MessagesRequest):
         data |= {"max_tokens": body.max_tokens, "max_completion_tokens": body.max_tokens}

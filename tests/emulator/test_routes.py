@@ -185,3 +185,16 @@ def test_models_carry_max_model_len(spawn: Spawn) -> None:
     emu = started(spawn, "--max-model-len", "1k")
     (card,) = httpx.get(f"{emu.url}/v1/models").json()["data"]
     assert card["max_model_len"] == 1024
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/messages/count_tokens"])
+@pytest.mark.parametrize(
+    "message", [{"role": "user", "content": -504}, {"role": "robot", "content": "hi"}, {}]
+)
+def test_a_malformed_message_is_a_400_not_a_crash(
+    spawn: Spawn, path: str, message: dict[str, Any]
+) -> None:
+    """Found by the proxy's fuzz: an integer content crashed count_tokens with a 500."""
+    emu = started(spawn)
+    r = httpx.post(f"{emu.url}{path}", json={**MESSAGE, "messages": [message]})
+    assert r.status_code == 400, r.text

@@ -29,6 +29,30 @@ ERROR = {
     },
 }
 _ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+# vLLM answers the Anthropic routes' errors in Anthropic's shape; the proxy's own stay OpenAI's
+ANTHROPIC_ERROR = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+_EITHER_ERROR = {
+    "application/json": {
+        "schema": {
+            "oneOf": [
+                {"$ref": "#/components/schemas/Error"},
+                {"$ref": "#/components/schemas/AnthropicError"},
+            ]
+        }
+    }
+}
+ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 _ERRORS = {
     "400": "Malformed request: bad JSON, missing or oversized `model`, too deeply nested",
     "401": "Missing or wrong API key (when `auth.api_keys` is set)",
@@ -140,7 +164,10 @@ def body(path: str) -> dict[str, Any]:
                 "content": {"application/json": {"schema": {}}, "text/event-stream": {}},
             },
             **{
-                code: {"description": why, "content": _ERROR_CONTENT}
+                code: {
+                    "description": why,
+                    "content": _EITHER_ERROR if path in ANTHROPIC_PATHS else _ERROR_CONTENT,
+                }
                 for code, why in _ERRORS.items()
             },
         },
@@ -159,6 +186,7 @@ def document(
     Bearer security scheme on `keyed_paths` (those that need an API key in this config)."""
     components = spec.setdefault("components", {})
     components.setdefault("schemas", {})["Error"] = ERROR
+    components["schemas"]["AnthropicError"] = ANTHROPIC_ERROR
     for path in (*BODIES, *FORMS):
         op = spec["paths"][path]["post"]
         kind = "multipart/form-data" if path in FORMS else "application/json"
