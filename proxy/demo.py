@@ -55,6 +55,8 @@ PY
   Any OpenAI SDK works too (pip install openai):
     OpenAI(base_url="{url}/v1", api_key="not-needed")
 
+Watch the switches live: {url}/ui in a browser, or `vllm-switch status --url {url} --watch`.
+
 Ctrl-C stops the proxy and both emulated vLLM servers.
 """
 
