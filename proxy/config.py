@@ -110,6 +110,12 @@ class ModelConfig(_Strict):
     log_file: Path | None = Field(
         default=None, description="where the started backend's output goes (appended)"
     )
+    cwd: Path | None = Field(
+        default=None,
+        description="working directory of the started backend (relative: to the config file's "
+        "directory); default: the config file's directory, else the proxy's at start-up - "
+        "always by path, so a directory replaced by a redeploy is the new one",
+    )
     stop_grace_s: float = Field(default=30, gt=0, description="SIGTERM to SIGKILL at shutdown")
     restart: RestartConfig = RestartConfig()
     idle_sleep_s: float | None = Field(
@@ -411,7 +417,15 @@ def load_config(path: Path) -> ProxyConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    return parse_config(text, source=str(path))
+    config = parse_config(text, source=str(path))
+    home = path.resolve().parent  # supervised backends run there unless they say otherwise
+    models = tuple(
+        m.model_copy(update={"cwd": home / m.cwd if m.cwd is not None else home})
+        if m.supervised
+        else m
+        for m in config.models
+    )
+    return config.model_copy(update={"models": models})
 
 
 def json_schema() -> str:

@@ -13,12 +13,16 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from proxy.backends import reaper
+
 log = logging.getLogger(__name__)
+REAPER = reaper.__file__  # run as a script (-I): stdlib only, nothing of the proxy imported
 
 
 class Process(Protocol):
@@ -54,10 +58,14 @@ class ManagedProcess:
         env: Mapping[str, str],
         log_path: Path | None,
         *,
+        cwd: Path | None = None,
+        grace_s: float = 30.0,
         tail: int = 40,
     ) -> None:
         self.name = name
         self.argv = list(argv)
+        self._cwd = cwd
+        self._grace_s = grace_s
         self._env = dict(env)
         self._log_path = log_path
         self._tail: deque[str] = deque(maxlen=tail)
@@ -81,13 +89,23 @@ class ManagedProcess:
         return list(self._tail)
 
     async def start(self) -> None:
-        """Spawn with VLLM_SERVER_DEV_MODE=1 set for this child alone."""
+        """Spawn under the reaper (it dies with the proxy, and takes its group along), in the
+        working directory `cwd` (by path), with the proxy's environment, the model's `env` and
+        VLLM_SERVER_DEV_MODE=1, for this child alone."""
         env = {**os.environ, **self._env, "VLLM_SERVER_DEV_MODE": "1"}
         self.stopping = False
         self._tail.clear()
+        if self._cwd is not None and not self._cwd.is_dir():
+            raise FileNotFoundError(f"working directory {self._cwd} does not exist (models[].cwd)")
+        reaper = [sys.executable, "-I", REAPER, "--parent", str(os.getpid())]
         self._proc = await asyncio.create_subprocess_exec(
+            *reaper,
+            "--grace",
+            f"{self._grace_s:g}",
+            "--",
             *self.argv,
             env=env,
+            cwd=self._cwd,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,

@@ -19,8 +19,10 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from proxy.backends import Backend, BackendState
+from proxy.backends.probe import probe_backend
 from proxy.backends.process import ManagedProcess, Process
 from proxy.clock import Clock, SystemClock
 from proxy.config import ModelConfig
@@ -80,8 +82,12 @@ class Supervisor:
         return max(0.0, self._not_before.get(backend.name, 0.0) - now)
 
     async def start(self, backend: Backend) -> None:
-        """Launch the process and wait for /health (bounded by the caller's timeout)."""
+        """Launch the process and wait for /health (bounded by the caller's timeout) - unless
+        something already answers at the model's URL: then no second process is started on a
+        busy port, and the error names the port and what listens there."""
         proc = self._procs[backend.name]
+        if (taken := await self._occupant(backend)) is not None:
+            raise StartError(taken)
         backend.set_state(BackendState.STARTING)
         self._starts[backend.name] += 1
         if self._starts[backend.name] > 1:
@@ -97,6 +103,25 @@ class Supervisor:
                     f"process exited with {proc.returncode} while starting; last output:\n{tail}"
                 )
             await asyncio.sleep(HEALTH_POLL_S)
+
+    async def _occupant(self, backend: Backend) -> str | None:
+        """What answers at the URL of a backend about to be started, or None (nothing: the
+        port is free). Never the proxy's own process: this runs only when it has none."""
+        if not await backend.control.health():
+            return None
+        report = await probe_backend(backend.config, backend.control.client, needs_sleep=False)
+        where = backend.config.base_url
+        if backend.config.backend_model in report.served:
+            return (
+                f"a vLLM serving {backend.config.backend_model!r} already listens at {where}, "
+                "not started by this proxy: stop it, or configure the model with `url` only "
+                "(no `command`) to attach it"
+            )
+        served = ", ".join(map(repr, report.served)) or "no vLLM model"
+        return (
+            f"the port of {where} is taken by another process (it serves {served}); free the "
+            "port or change the model's url"
+        )
 
     async def _watch(self, backend: Backend, proc: Process) -> None:
         code = await proc.wait()
@@ -163,4 +188,11 @@ class Supervisor:
 
 
 def _managed_process(config: ModelConfig) -> Process:
-    return ManagedProcess(config.name, config.command or (), config.env, config.log_file)
+    return ManagedProcess(
+        config.name,
+        config.command or (),
+        config.env,
+        config.log_file,
+        cwd=config.cwd or Path.cwd(),  # by path, fixed at start-up (see ModelConfig.cwd)
+        grace_s=config.stop_grace_s,
+    )

@@ -23,12 +23,15 @@ from typing import Any
 
 
 def _start_time(pid: int) -> str | None:
-    """Kernel start time of `pid` (field 22 of /proc/PID/stat), or None if it is gone."""
+    """Kernel start time of `pid` (field 22 of /proc/PID/stat), or None if it is gone - or a
+    zombie: a process that exited holds no GPU memory, reaped or not (an orphan whose parent
+    died with it may stay a zombie for good where PID 1 does not reap)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 @dataclass(frozen=True)

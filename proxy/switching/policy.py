@@ -73,7 +73,7 @@ class ModelView:
         one that holds no more than that (confirmed asleep, or dead: counted, to be safe)."""
         if self.state is BackendState.STOPPED:
             return 0.0  # no process
-        if self.holds_memory:
+        if self.holds_memory or self.memory_gib is None:  # a residual alone is not a footprint
             return self.memory_gib
         return self.asleep_memory_gib if self.asleep_memory_gib is not None else self.memory_gib
 

@@ -1,0 +1,131 @@
+"""The reaper: a small parent between the proxy and a supervised vLLM, so that the vLLM dies
+with the proxy however the proxy dies (SIGKILL, the OOM killer, a crashed container init).
+
+    python -m proxy.backends.reaper --parent PID --grace S -- vllm serve ...
+
+It is the leader of the backend's process group (the proxy starts it in a session of its
+own). It asks Linux for a SIGTERM when its parent dies (PR_SET_PDEATHSIG; if the parent is
+already gone by then, it stops at once), becomes the subreaper of what it starts
+(PR_SET_CHILD_SUBREAPER: vLLM's engine and worker processes that lose their parent are
+re-parented to it, not to init), and runs the command in its own group. On SIGTERM or SIGINT -
+the proxy stopping it, or the proxy's death - it sends SIGTERM to the whole group, waits up to
+`--grace` seconds, then SIGKILL; it exits with the command's exit status (128 + signal for a
+signal). Only stdlib: it runs in the backend's environment, before anything of the proxy.
+
+State: its child's PID and whether a stop began, for its own lifetime; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option: int, value: int) -> bool:
+    """prctl(2) on Linux; False where it does not exist (the reaper then only relays signals)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(option, value, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class Reaper:
+    def __init__(self, argv: Sequence[str], grace_s: float) -> None:
+        self.argv = list(argv)
+        self.grace_s = grace_s
+        self.stopping = False
+
+    def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
+        """SIGTERM to the group (vLLM and everything it started), SIGKILL after the grace to
+        whatever is left - the reaper included, which has nothing left to do then."""
+        if self.stopping:
+            return
+        self.stopping = True
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM reaches us too
+        group = os.getpgrp()
+        _signal_group(group, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while time.monotonic() < deadline and _others(group):
+            _reap()
+            time.sleep(0.05)
+        if _others(group):
+            _signal_group(group, signal.SIGKILL)
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        child = subprocess.Popen(self.argv)  # our group; stdout and stderr: ours (the proxy's)
+        code = child.wait()
+        if not self.stopping:
+            self.stop()  # the command ended by itself: nothing it started may stay behind
+        return code if code >= 0 else 128 - code
+
+
+def _reap() -> None:
+    """Reap every child that exited (ours, and orphans re-parented to us as subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _others(group: int) -> bool:
+    """Is a live process of `group` left besides us? (Linux: /proc; elsewhere: assume not.)"""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == group and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def _signal_group(group: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m proxy.backends.reaper")
+    p.add_argument("--parent", type=int, required=True, help="the proxy's PID")
+    p.add_argument("--grace", type=float, default=30.0, help="SIGTERM -> SIGKILL, seconds")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    ns = p.parse_args(argv)
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if not command:
+        p.error("no command after --")
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != ns.parent:  # the proxy died before the death signal was armed
+        return 128 + signal.SIGTERM
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    return Reaper(command, ns.grace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
