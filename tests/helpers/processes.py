@@ -85,8 +85,14 @@ def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Po
         else:
             raise AssertionError("never became ready:\n" + "".join(seen))
     finally:
+        # SIGTERM first: `serve` stops its supervised backends and `demo` its emulators (each in
+        # a session of its own, so a SIGKILL of this group alone would leave them running)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
