@@ -78,6 +78,18 @@ class RestartConfig(_Strict):
         default=2, ge=0, description="first wait before a restart; doubles per crash"
     )
     max_backoff_s: float = Field(default=60, ge=0)
+    release_s: float = Field(
+        default=60,
+        gt=0,
+        description="after its process ended, wait at most this long for its GPU memory to be "
+        "released (its processes gone, NVML's free memory settled) before anything starts",
+    )
+    release_settle_s: float = Field(
+        default=1,
+        ge=0,
+        description="NVML: free memory must change less than 0.25 GiB across this interval; "
+        "without NVML: this much more after its processes are gone",
+    )
 
 
 class ModelConfig(_Strict):
@@ -117,6 +129,12 @@ class ModelConfig(_Strict):
         "always by path, so a directory replaced by a redeploy is the new one",
     )
     stop_grace_s: float = Field(default=30, gt=0, description="SIGTERM to SIGKILL at shutdown")
+    adopt: bool = Field(
+        default=True,
+        description="at start-up, a vLLM already serving this model at `url` is adopted (kept "
+        "and supervised, not started twice): a previous proxy's backend if started from the "
+        "same command, or one started by hand; false: such a process is a start-up error",
+    )
     restart: RestartConfig = RestartConfig()
     idle_sleep_s: float | None = Field(
         default=None,
@@ -316,6 +334,12 @@ class ProxyConfig(_Strict):
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig = AuthConfig()
+    runtime_dir: Path | None = Field(
+        default=None,
+        description="where the proxy records the backend processes it starts, to recognise "
+        "them after its own crash; default $XDG_RUNTIME_DIR/vllm-switch, else "
+        "<tmp>/vllm-switch-<uid>",
+    )
 
     @model_validator(mode="after")
     def _names_backends_and_groups_are_unique(self) -> Self:
@@ -425,7 +449,10 @@ def load_config(path: Path) -> ProxyConfig:
         else m
         for m in config.models
     )
-    return config.model_copy(update={"models": models})
+    runtime = config.runtime_dir
+    return config.model_copy(
+        update={"models": models, "runtime_dir": home / runtime if runtime is not None else None}
+    )
 
 
 def json_schema() -> str:

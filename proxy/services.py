@@ -23,6 +23,7 @@ import httpx
 from proxy.backends import Backend, VllmControl
 from proxy.backends.gpu_memory import GpuMemory, open_gpu_memory
 from proxy.backends.process import Process
+from proxy.backends.runtime import RuntimeDir, default_runtime_dir
 from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
 from proxy.config import GpuConfig, ModelConfig, ProxyConfig
@@ -101,6 +102,8 @@ class Services:
             lambda name: metrics.restarts.labels(name).inc(),
             clock=clock,
             launcher=launcher,
+            # with a launcher of its own (tests' fakes) nothing real runs: nothing to record
+            runtime=None if launcher else RuntimeDir(config.runtime_dir or default_runtime_dir()),
         )
         switcher = Switcher(config, backends, metrics, supervisor, clock, gpu_memory, Events())
         metrics.watch(switcher.live)

@@ -19,10 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 from proxy.backends import reaper
 
 log = logging.getLogger(__name__)
 REAPER = reaper.__file__  # run as a script (-I): stdlib only, nothing of the proxy imported
+KILL_FALLBACK_S = 5.0  # a reaper that did not end its group after a kill: SIGKILL it all
 
 
 class Process(Protocol):
@@ -40,6 +43,10 @@ class Process(Protocol):
     def pid(self) -> int | None: ...
 
     def tail(self) -> list[str]: ...
+
+    def pids(self) -> set[int]:
+        """Every pid seen to belong to it (for the GPU memory release wait after its end)."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -71,6 +78,8 @@ class ManagedProcess:
         self._tail: deque[str] = deque(maxlen=tail)
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._seen: set[int] = set()  # its pids, collected when it is stopped or killed
+        self._fallback: asyncio.TimerHandle | None = None
         self.stopping = False
 
     @property
@@ -88,6 +97,17 @@ class ManagedProcess:
     def tail(self) -> list[str]:
         return list(self._tail)
 
+    def pids(self) -> set[int]:
+        return self._seen | ({self._proc.pid} if self._proc is not None else set())
+
+    def _collect(self) -> None:
+        """Note the reaper's descendants (a worker that left the group included) while they
+        run: after the stop they are what the GPU memory release wait watches."""
+        if self._proc is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            self._seen.update(p.pid for p in psutil.Process(self._proc.pid).children(True))
+
     async def start(self) -> None:
         """Spawn under the reaper (it dies with the proxy, and takes its group along), in the
         working directory `cwd` (by path), with the proxy's environment, the model's `env` and
@@ -95,6 +115,7 @@ class ManagedProcess:
         env = {**os.environ, **self._env, "VLLM_SERVER_DEV_MODE": "1"}
         self.stopping = False
         self._tail.clear()
+        self._seen.clear()
         if self._cwd is not None and not self._cwd.is_dir():
             raise FileNotFoundError(f"working directory {self._cwd} does not exist (models[].cwd)")
         reaper = [sys.executable, "-I", REAPER, "--parent", str(os.getpid())]
@@ -136,11 +157,28 @@ class ManagedProcess:
         return code
 
     def kill(self) -> None:
-        """SIGKILL the group now (a wedged engine; shutdown past its grace)."""
+        """SIGKILL everything the backend runs now (a wedged engine; shutdown past its grace):
+        the reaper is told (SIGUSR1) and kills all of its group but itself, reaps them and
+        exits - no zombie is left to a container's PID 1. Should it not be gone within
+        KILL_FALLBACK_S, the whole group, the reaper included, gets SIGKILL."""
         self.stopping = True
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        self._collect()
+        group = self._proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(group, signal.SIGUSR1)
+        proc = self._proc
+
+        def fallback() -> None:
+            if proc.returncode is None:
+                log.warning("%s: the reaper did not end its group: SIGKILL to it all", self.name)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+
+        if self._fallback is not None:
+            self._fallback.cancel()
+        self._fallback = asyncio.get_running_loop().call_later(KILL_FALLBACK_S, fallback)
 
     async def stop(self, grace_s: float) -> int | None:
         """SIGTERM the group, SIGKILL it after `grace_s`, reap. Returns the exit code."""
@@ -148,6 +186,7 @@ class ManagedProcess:
             return None
         self.stopping = True
         if self._proc.returncode is None:
+            self._collect()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGTERM)
             try:

@@ -9,8 +9,11 @@ already gone by then, it stops at once), becomes the subreaper of what it starts
 (PR_SET_CHILD_SUBREAPER: vLLM's engine and worker processes that lose their parent are
 re-parented to it, not to init), and runs the command in its own group. On SIGTERM or SIGINT -
 the proxy stopping it, or the proxy's death - it sends SIGTERM to the whole group, waits up to
-`--grace` seconds, then SIGKILL; it exits with the command's exit status (128 + signal for a
-signal). Only stdlib: it runs in the backend's environment, before anything of the proxy.
+`--grace` seconds, then SIGKILL. On SIGUSR1 - the proxy killing a wedged engine - it SIGKILLs
+at once. Either way it kills the others, never itself, reaps them and exits with the command's
+exit status (128 + signal for a signal): no zombie is left to init (a container's PID 1 may
+be the proxy, which reaps nothing it did not start). Only stdlib: it runs in the backend's
+environment, before anything of the proxy.
 
 State: its child's PID and whether a stop began, for its own lifetime; nothing else.
 """
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+KILL_WAIT_S = 10.0
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -50,7 +54,7 @@ class Reaper:
 
     def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """SIGTERM to the group (vLLM and everything it started), SIGKILL after the grace to
-        whatever is left - the reaper included, which has nothing left to do then."""
+        whatever is left of it but the reaper; then reap them all."""
         if self.stopping:
             return
         self.stopping = True
@@ -61,12 +65,27 @@ class Reaper:
         while time.monotonic() < deadline and _others(group):
             _reap()
             time.sleep(0.05)
-        if _others(group):
-            _signal_group(group, signal.SIGKILL)
+        self.kill_now()
+
+    def kill_now(self, _signum: int = signal.SIGUSR1, _frame: object = None) -> None:
+        """SIGKILL every other process of the group, and reap them (and the orphans it is the
+        subreaper of) until none runs - or KILL_WAIT_S passed (one stuck in the driver, in
+        uninterruptible sleep: the proxy's release wait sees it)."""
+        self.stopping = True
+        group = os.getpgrp()
+        deadline = time.monotonic() + KILL_WAIT_S
+        while (pids := _others(group)) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap()
+            time.sleep(0.01)
+        _reap()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGUSR1, self.kill_now)
         child = subprocess.Popen(self.argv)  # our group; stdout and stderr: ours (the proxy's)
         code = child.wait()
         if not self.stopping:
@@ -85,13 +104,14 @@ def _reap() -> None:
             return
 
 
-def _others(group: int) -> bool:
-    """Is a live process of `group` left besides us? (Linux: /proc; elsewhere: assume not.)"""
+def _others(group: int) -> list[int]:
+    """Live processes of `group` besides us (Linux: /proc; elsewhere: assume none)."""
     me = os.getpid()
+    found: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return False
+        return found
     for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -102,8 +122,8 @@ def _others(group: int) -> bool:
             continue
         state, pgrp = fields[0], int(fields[2])
         if pgrp == group and state not in ("Z", "X"):
-            return True
-    return False
+            found.append(int(entry))
+    return found
 
 
 def _signal_group(group: int, sig: int) -> None:

@@ -11,19 +11,42 @@ STARTING when it launches a process and holds_memory=False after a kill; and STO
 shutdown, once the switching core is closed. A process that dies by itself is *reported*
 (`on_exit`, the Switcher's `report_exit`), never written here; the next request for it
 restarts it through a switch. How a process is made (`launcher`) and the clock are injectable.
+
+Across proxy lives (docs/deploy.md, "When the proxy dies"): it records every process it
+launches in the runtime directory (runtime.py) and forgets it when the process is gone; at
+start-up `adopt` looks at what already listens at each supervised backend's URL (adoption.py):
+a previous proxy's backend started from the same command, or a vLLM serving the model started
+by hand, becomes an AdoptedProcess kept like a launched one; a previous proxy's backend that is
+unhealthy or from another command is ended first. After any process of its ends, nothing more
+is started on the GPU until its memory is released (release.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import psutil
+
 from proxy.backends import Backend, BackendState
+from proxy.backends.adoption import (
+    AdoptedProcess,
+    Claim,
+    Listener,
+    decide,
+    end_group,
+    find_listener,
+    group_alive,
+)
+from proxy.backends.gpu_memory import GpuMemory
 from proxy.backends.probe import probe_backend
 from proxy.backends.process import ManagedProcess, Process
+from proxy.backends.release import wait_released
+from proxy.backends.runtime import Record, RuntimeDir, fingerprint
 from proxy.clock import Clock, SystemClock
 from proxy.config import ModelConfig
 
@@ -43,12 +66,18 @@ class Supervisor:
         *,
         clock: Clock | None = None,
         launcher: Callable[[ModelConfig], Process] | None = None,
+        runtime: RuntimeDir | None = None,
+        find: Callable[[str], Listener | None] = find_listener,
     ) -> None:
         self._backends = backends
         self._on_restart = on_restart  # counts a restart (the metrics' restarts counter)
         self._clock = clock or SystemClock()
-        launch = launcher or _managed_process
-        self._procs = {b.name: launch(b.config) for b in backends.values() if b.config.supervised}
+        self._launch = launcher or _managed_process
+        self._runtime = runtime  # None: nothing recorded, nothing adopted (tests' fakes)
+        self._find = find
+        self._procs = {
+            b.name: self._launch(b.config) for b in backends.values() if b.config.supervised
+        }
         self._crashes: dict[str, deque[float]] = {name: deque() for name in self._procs}
         self._not_before: dict[str, float] = {}
         self._given_up: set[str] = set()  # crash loops: never restarted again
@@ -56,6 +85,8 @@ class Supervisor:
         self.on_exit: Callable[[Backend, int], None] = lambda _backend, _code: None
         self._watchers: set[asyncio.Task[None]] = set()
         self._starts: dict[str, int] = dict.fromkeys(self._procs, 0)
+        # the free memory of a backend's GPU (NVML), for the release wait; set by the Switcher
+        self.memory_of: Callable[[Backend], GpuMemory | None] = lambda _backend: None
 
     def supervises(self, name: str) -> bool:
         return name in self._procs
@@ -86,6 +117,11 @@ class Supervisor:
         something already answers at the model's URL: then no second process is started on a
         busy port, and the error names the port and what listens there."""
         proc = self._procs[backend.name]
+        if isinstance(proc, AdoptedProcess):  # replaced by one of ours from now on
+            if proc.running:  # FAILED (e.g. its probe: no dev mode), so restarted: end it first
+                await proc.stop(backend.config.stop_grace_s)
+                await self._gone(backend, proc)
+            proc = self._procs[backend.name] = self._launch(backend.config)
         if (taken := await self._occupant(backend)) is not None:
             raise StartError(taken)
         backend.set_state(BackendState.STARTING)
@@ -93,9 +129,8 @@ class Supervisor:
         if self._starts[backend.name] > 1:
             self._on_restart(backend.name)
         await proc.start()
-        watcher = asyncio.create_task(self._watch(backend, proc), name=f"watch:{backend.name}")
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        self._record(backend, proc)
+        self._watch_exit(backend, proc)
         while not await backend.control.health():
             if not proc.running:
                 tail = "\n".join(proc.tail()[-5:])
@@ -106,7 +141,8 @@ class Supervisor:
 
     async def _occupant(self, backend: Backend) -> str | None:
         """What answers at the URL of a backend about to be started, or None (nothing: the
-        port is free). Never the proxy's own process: this runs only when it has none."""
+        port is free). Never the proxy's own process: this runs only when it has none. Past
+        start-up nothing is adopted: a vLLM serving the model that appeared since is refused."""
         if not await backend.control.health():
             return None
         report = await probe_backend(backend.config, backend.control.client, needs_sleep=False)
@@ -114,19 +150,110 @@ class Supervisor:
         if backend.config.backend_model in report.served:
             return (
                 f"a vLLM serving {backend.config.backend_model!r} already listens at {where}, "
-                "not started by this proxy: stop it, or configure the model with `url` only "
-                "(no `command`) to attach it"
+                "not started by this proxy: stop it, or restart the proxy to adopt it, or "
+                "configure the model with `url` only (no `command`) to attach it"
             )
+        listener = self._find(where) if self._runtime is not None else None
+        pid = f" (pid {listener.pid})" if listener is not None else ""
         served = ", ".join(map(repr, report.served)) or "no vLLM model"
         return (
-            f"the port of {where} is taken by another process (it serves {served}); free the "
-            "port or change the model's url"
+            f"the port of {where} is taken by another process{pid} (it serves {served}); free "
+            "the port or change the model's url"
         )
+
+    async def adopt(self, backend: Backend) -> Claim:
+        """Start-up, before anything starts: what listens at a supervised backend's URL
+        (adoption.decide). 'adopt': kept as its process from now on, its state for start-up
+        to reconcile; 'replace': a previous proxy's backend, ended (memory released) - start
+        it anew; 'refuse': FAILED with the reason (its memory is not counted: not ours)."""
+        if self._runtime is None:
+            return Claim("start", "no runtime directory")
+        cfg = backend.config
+        record = self._runtime.read(cfg.base_url)
+        alive = record is not None and group_alive(record.group, record.started)
+        healthy = await backend.control.health()
+        served: tuple[str, ...] = ()
+        if healthy:
+            report = await probe_backend(cfg, backend.control.client, needs_sleep=False)
+            served = report.served
+        claim = decide(
+            where=cfg.base_url,
+            model=cfg.backend_model,
+            healthy=healthy,
+            served=served,
+            listener=self._find(cfg.base_url),
+            record=record,
+            record_alive=alive,
+            fingerprint=fingerprint(cfg),
+            adopt=cfg.adopt,
+        )
+        log.info(
+            "start-up: %s at %s: %s (%s)", backend.name, cfg.base_url, claim.action, claim.reason
+        )
+        if claim.action == "adopt" and claim.listener is not None:
+            proc = AdoptedProcess(
+                backend.name, claim.listener, owned=claim.owned, reason=claim.reason
+            )
+            self._procs[backend.name] = proc
+            self._starts[backend.name] += 1
+            self._watch_exit(backend, proc)
+        elif claim.action == "replace" and record is not None:
+            pids = {claim.listener.pid} if claim.listener is not None else set()
+            await end_group(record.group, record.started, cfg.stop_grace_s)
+            await self._released(backend, pids)
+            self._runtime.forget(cfg.base_url)
+        elif claim.action == "refuse":
+            backend.mark_failed(claim.reason, holds_memory=False)
+        elif record is not None:
+            self._runtime.forget(cfg.base_url)  # a stale record: its processes are gone
+        return claim
+
+    def _record(self, backend: Backend, proc: Process) -> None:
+        if self._runtime is None or proc.pid is None:
+            return
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            return  # gone already: its watcher reports it
+        self._runtime.write(
+            Record(
+                url=backend.config.base_url,
+                name=backend.name,
+                group=proc.pid,  # the reaper leads the backend's process group
+                started=started,
+                fingerprint=fingerprint(backend.config),
+                proxy_pid=os.getpid(),
+            )
+        )
+
+    def _watch_exit(self, backend: Backend, proc: Process) -> None:
+        watcher = asyncio.create_task(self._watch(backend, proc), name=f"watch:{backend.name}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _released(self, backend: Backend, pids: set[int]) -> None:
+        cfg = backend.config.restart
+        took = await wait_released(
+            backend.name,
+            pids,
+            self.memory_of(backend),
+            self._clock,
+            settle_s=cfg.release_settle_s,
+            limit_s=cfg.release_s,
+        )
+        log.info("%s: its GPU memory is released (%.1fs after its exit)", backend.name, took)
+
+    async def _gone(self, backend: Backend, proc: Process) -> None:
+        """After its exit: memory released, record removed (it is not ours to adopt any more)."""
+        await self._released(backend, proc.pids())
+        if self._runtime is not None and self._procs.get(backend.name) is proc:
+            self._runtime.forget(backend.config.base_url)
 
     async def _watch(self, backend: Backend, proc: Process) -> None:
         code = await proc.wait()
         if proc.stopping:
             return
+        await self._gone(backend, proc)  # nothing starts next to memory still being freed
         now = self._clock.monotonic()
         crashes = self._crashes[backend.name]
         crashes.append(now)
@@ -153,6 +280,7 @@ class Supervisor:
         if proc.running:  # one that already exited (or never started) is left alone: an exit
             proc.kill()  # by itself stays a crash for its watcher
             await proc.wait()
+            await self._gone(backend, proc)
         backend.holds_memory = False
 
     async def stop(self, backend: Backend) -> None:
@@ -163,7 +291,9 @@ class Supervisor:
         if backend.state is not BackendState.STOPPED:
             backend.set_state(BackendState.STOPPED)  # first: no lease is taken on it from here
         backend.end_drain()
-        await proc.stop(backend.config.stop_grace_s)
+        if proc.running:
+            await proc.stop(backend.config.stop_grace_s)
+            await self._gone(backend, proc)
         self._crashes[backend.name].clear()
         self._given_up.discard(backend.name)
         self._not_before.pop(backend.name, None)
@@ -171,6 +301,8 @@ class Supervisor:
     async def stop_all(self) -> None:
         async def stop(backend: Backend, proc: Process) -> None:
             code = await proc.stop(backend.config.stop_grace_s)
+            if self._runtime is not None:
+                self._runtime.forget(backend.config.base_url)
             if code is not None:
                 log.info("stopped %s (exit %s)", backend.name, code)
             if backend.state is not BackendState.STOPPED and backend.state in (

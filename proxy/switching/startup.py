@@ -2,6 +2,12 @@
 
 Per group, under its lock (so no request switches meanwhile; requests wait for `reconciled`):
 
+  0. supervised backends: what already listens at each one's URL is looked at first
+     (Supervisor.adopt): one adopted - a previous proxy's backend from the same command, or a
+     vLLM serving the model started by hand - is reconciled from here on like an attached
+     backend (its sleep state read, a level-2 one reset); a previous proxy's backend that is
+     unhealthy or from another command is ended and started anew; a stranger on the port
+     leaves the model FAILED with a message naming the port;
   1. attached backends (a `url` only): wait for /health (never touch memory while one starts),
      then probe each (backends/probe.py: read-only GETs - /is_sleeping, whether sleep mode is
      on, whether its /v1/models lists the model's served name, its max_model_len). One set up
@@ -60,10 +66,13 @@ async def _group_start_up(switcher: Switcher, group: GpuGroup) -> None:
 
 
 async def _reconcile(switcher: Switcher, group: GpuGroup) -> None:
-    attached = [b for b in group.members if not b.config.supervised]
-    eager = [b for b in group.members if b.config.supervised and b.config.start == "eager"]
-    for b in group.members:
-        if b.config.supervised and b.config.start == "lazy":
+    supervised = [b for b in group.members if b.config.supervised]
+    adopted = [b for b in supervised if (await switcher.steps.adopt(b)).action == "adopt"]
+    attached = [b for b in group.members if not b.config.supervised or b in adopted]
+    fresh = [b for b in supervised if b not in adopted and b.state is not BackendState.FAILED]
+    eager = [b for b in fresh if b.config.start == "eager"]
+    for b in fresh:
+        if b.config.start == "lazy":
             b.set_state(BackendState.STOPPED)
     await asyncio.gather(*(_wait_up(b, switcher.clock) for b in attached))
     asleep: dict[str, bool] = {}

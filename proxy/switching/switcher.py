@@ -99,6 +99,7 @@ class Switcher:
         )
         self._resumes: set[asyncio.Task[None]] = set()
         supervisor.on_exit = self.report_exit
+        supervisor.memory_of = lambda b: self.group_of(b.name).memory
         for b in backends.values():
             b.listeners.append(self._state_events(b))
         for group in self._groups.values():

@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from proxy.backends import Backend, BackendState, ControlError
+from proxy.backends.adoption import Claim
 from proxy.backends.supervisor import StartError, Supervisor
 from proxy.clock import Clock
 from proxy.config import LimitsConfig
@@ -136,6 +137,11 @@ class Transitions:
                 await self._supervisor.kill(target)
             raise self._unavailable(f"could not warm up {target.name!r} ({reason})") from exc
         return wake_ms, warmup_ms
+
+    async def adopt(self, backend: Backend) -> Claim:
+        """Start-up, under the group's lock: adopt, replace or refuse what already listens at
+        a supervised backend's URL (Supervisor.adopt)."""
+        return await self._supervisor.adopt(backend)
 
     async def start(self, target: Backend, group: GpuGroup) -> tuple[float, float]:
         """Start a supervised backend (STOPPED, or FAILED and due for a restart), then warm up.

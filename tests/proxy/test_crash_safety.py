@@ -75,7 +75,7 @@ async def test_a_killed_proxy_leaves_no_backend_and_a_new_one_serves_both(
     with launched(["serve", "--config", str(path)], "vllm-switch listening on") as (proc, url):
         status = await ready(url, 60)
         groups = [m["process"]["pid"] for m in status["models"]]
-        assert all(group_alive(g) for g in groups), "both backends run"
+        assert all(group_alive(g) for g in groups), ("both backends run", status)
         os.kill(proc.pid, signal.SIGKILL)  # the proxy itself, by the PID this test started
         took = await until(lambda: not any(group_alive(g) for g in groups), 3, "every backend gone")
     with launched(["serve", "--config", str(path)], "vllm-switch listening on") as (_, url):
@@ -173,3 +173,49 @@ async def test_a_port_taken_by_a_foreign_process_is_a_clear_start_up_error(
             assert launched_a.pid is None, "never launched"
     finally:
         foreign.close()
+
+
+SUBREAPER_DRIVER = (
+    "import ctypes, os, signal, subprocess, sys, time\n"
+    "ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans come to us\n"
+    "r = subprocess.Popen([sys.executable, '-I', sys.argv[1], '--parent', str(os.getpid()),"
+    " '--', *sys.argv[2:]], start_new_session=True)\n"
+    "def group():\n"
+    "    found = []\n"
+    "    for e in os.listdir('/proc'):\n"
+    "        try:\n"
+    "            f = open(f'/proc/{e}/stat').read().rsplit(')', 1)[1].split()\n"
+    "        except (OSError, ValueError):\n"
+    "            continue\n"
+    "        if e.isdigit() and int(f[2]) == r.pid and int(e) != r.pid:\n"
+    "            found.append(f[0])\n"
+    "    return found\n"
+    "deadline = time.monotonic() + 10\n"
+    "while len(group()) < 2 and time.monotonic() < deadline: time.sleep(0.02)\n"
+    "print('before', len(group()), flush=True)\n"
+    "os.kill(r.pid, signal.SIGUSR1)  # what ManagedProcess.kill sends\n"
+    "r.wait(10)\n"
+    "print('after', ' '.join(group()) or '-', flush=True)\n"
+    "os.killpg(r.pid, signal.SIGKILL) if group() else None\n"
+)
+
+
+async def test_a_killed_backend_leaves_no_zombie_behind() -> None:
+    """The proxy kills a wedged engine: the reaper SIGKILLs its group and reaps all of it before
+    it exits, so nothing - not even a zombie - is left for a PID 1 that reaps nothing (the
+    driver here is such a subreaper: an orphan it got would stay a zombie it can see)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        SUBREAPER_DRIVER,
+        reaper.__file__,
+        sys.executable,
+        "-c",
+        SPAWNER,
+        "stubborn",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    lines = out.decode().split("\n")
+    assert lines[0] == "before 2", lines  # the command and its own child ran
+    assert lines[1] == "after -", f"left in the group (states): {lines[1]}"

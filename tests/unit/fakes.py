@@ -70,6 +70,9 @@ class FakeProcess:
     def tail(self) -> list[str]:
         return list(self._lines)
 
+    def pids(self) -> set[int]:
+        return set()  # no real process: nothing for the GPU memory release wait to watch
+
     async def start(self) -> None:
         assert not self.running, "started twice"
         if self.start_raises is not None:  # as create_subprocess_exec: nothing was started

@@ -1,0 +1,99 @@
+"""The runtime directory: a record of each backend process the proxy started, so that the next
+proxy - after this one died however it died - can tell one of its own processes at a backend's
+URL from a stranger, and whether it was started from the same command.
+
+One JSON file per backend URL (`<host>_<port>.json`: the port is what two processes cannot
+share), written atomically (a temporary file, then rename): `url`, `name`, `group` (the process
+group the backend runs in - the reaper's pid), `started` (the reaper's start time, seconds since
+the epoch: a reused pid never matches), `fingerprint` (of command, env and working directory)
+and `proxy_pid`. A record is evidence, never trusted alone: adoption also checks that the
+process listening at the URL is in that group and no older than the record (adoption.py).
+
+State: the files on disk only; RuntimeDir keeps nothing in memory. The Supervisor writes a
+record when it launches a process and removes it when that process is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    url: str
+    name: str
+    group: int
+    started: float
+    fingerprint: str
+    proxy_pid: int
+
+
+def fingerprint(config: ModelConfig) -> str:
+    """What makes two starts the same process: argv, the extra environment, the directory."""
+    text = json.dumps(
+        {"command": config.command, "env": config.env, "cwd": str(config.cwd or "")},
+        sort_keys=True,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_runtime_dir() -> Path:
+    """$XDG_RUNTIME_DIR/vllm-switch, else a per-user directory in the temporary directory."""
+    if base := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(base) / "vllm-switch"
+    return Path(tempfile.gettempdir()) / f"vllm-switch-{os.getuid()}"
+
+
+class RuntimeDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _file(self, url: str) -> Path:
+        host_port = url.split("://", 1)[-1].split("/", 1)[0]
+        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host_port)
+        return self.path / f"{safe}.json"
+
+    def write(self, record: Record) -> None:
+        """Best effort: a proxy that cannot write its records still runs (it only cannot
+        recognise its processes after a crash), and says so."""
+        try:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target = self._file(record.url)
+            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".rec-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(asdict(record), f)
+            os.replace(tmp, target)
+        except OSError as exc:
+            log.warning("runtime dir %s: cannot record %s: %s", self.path, record.name, exc)
+
+    def read(self, url: str) -> Record | None:
+        """The record for `url`, or None (none, unreadable, or not a record: never an error)."""
+        try:
+            data: Any = json.loads(self._file(url).read_text())
+            record = Record(
+                url=str(data["url"]),
+                name=str(data["name"]),
+                group=int(data["group"]),
+                started=float(data["started"]),
+                fingerprint=str(data["fingerprint"]),
+                proxy_pid=int(data["proxy_pid"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return record if record.url == url else None
+
+    def forget(self, url: str) -> None:
+        with contextlib.suppress(OSError):
+            self._file(url).unlink()
