@@ -16,10 +16,12 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from proxy.backends import Backend
 
 RECENT = 100  # events replayed to a new subscriber
 QUEUE = 1000  # events kept per subscriber that reads slower than they come
@@ -94,3 +96,23 @@ class Events:
             yield sub
         finally:
             self._subscribers.discard(sub)
+
+
+def state_changes(events: Events, backend: Backend) -> Callable[[], None]:
+    """A backend listener that publishes its state changes as `state` events (its other
+    changes - leases, drain - are not events). Owns the last state it published."""
+    last = [backend.state]
+
+    def changed() -> None:
+        if backend.state is not last[0]:
+            events.publish(
+                "state",
+                model=backend.name,
+                gpu=backend.config.gpu,
+                state=backend.state.value,
+                previous=last[0].value,
+                failure=backend.failure,
+            )
+            last[0] = backend.state
+
+    return changed

@@ -49,7 +49,7 @@ from proxy.backends.supervisor import Supervisor
 from proxy.clock import Clock, SystemClock
 from proxy.config import GpuConfig, ProxyConfig
 from proxy.errors import BackendUnavailableError, QueueFullError
-from proxy.observability.events import Events
+from proxy.observability.events import Events, state_changes
 from proxy.observability.metrics import LiveBackend, LiveGroup, Metrics
 from proxy.switching.costs import SwitchCosts
 from proxy.switching.demand import Demand
@@ -101,7 +101,7 @@ class Switcher:
         supervisor.on_exit = self.report_exit
         supervisor.memory_of = lambda b: self.group_of(b.name).memory
         for b in backends.values():
-            b.listeners.append(self._state_events(b))
+            b.listeners.append(state_changes(self.events, b))
         for group in self._groups.values():
             group.max_hold_s = config.gpu(group.name).scheduling.max_hold_s
             group.memory = gpu_memory(config.gpu(group.name))
@@ -110,24 +110,6 @@ class Switcher:
     def steps(self) -> Transitions:
         """The memory-changing steps, for start-up and the operator (under the group's lock)."""
         return self._steps
-
-    def _state_events(self, b: Backend) -> Callable[[], None]:
-        """A listener that publishes `b`'s state changes (its other changes are not events)."""
-        last = [b.state]
-
-        def changed() -> None:
-            if b.state is not last[0]:
-                self.events.publish(
-                    "state",
-                    model=b.name,
-                    gpu=b.config.gpu,
-                    state=b.state.value,
-                    previous=last[0].value,
-                    failure=b.failure,
-                )
-                last[0] = b.state
-
-        return changed
 
     @property
     def waiting(self) -> Counter[str]:
