@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from proxy.emulator.engine import ENGINE_DEAD, Engine
 from proxy.emulator.engine_request import EngineRequest
@@ -80,16 +81,32 @@ def stream(
     done: str | None = "data: [DONE]\n\n",
 ) -> StreamingResponse:
     """Headers now (even while the engine sleeps), then `body()`'s events, then `done`; the
-    engine requests are aborted when the client leaves (a no-op once they finished)."""
+    engine requests are aborted the moment the client leaves (a no-op once they finished)."""
 
     async def events() -> AsyncIterator[str]:
-        try:
-            async for event in body():
-                yield event
-            if done is not None:
-                yield done
-        finally:
-            for req in reqs:
-                engine.cancel(req)
+        async for event in body():
+            yield event
+        if done is not None:
+            yield done
 
-    return StreamingResponse(events(), media_type=SSE_MEDIA_TYPE)
+    return _AbortingStream(engine, reqs, events())
+
+
+class _AbortingStream(StreamingResponse):
+    """A stream whose engine requests are aborted as soon as the response is over, however it
+    ended. Not in the generator's `finally`: a client that leaves while the response is
+    blocked in `send` cancels the response task outside the generator, which then stays
+    suspended until the garbage collector finalises it - seconds later, the request generating
+    all the while (vLLM aborts at once)."""
+
+    def __init__(self, engine: Engine, reqs: list[EngineRequest], content: AsyncIterator[str]):
+        super().__init__(content, media_type=SSE_MEDIA_TYPE)
+        self._engine = engine
+        self._reqs = reqs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            for req in self._reqs:
+                self._engine.cancel(req)

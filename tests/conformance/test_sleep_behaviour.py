@@ -311,3 +311,26 @@ async def test_failed_engine_call_closes_the_connection(target: Target) -> None:
         )
     finally:
         writer.close()
+
+
+def generated_tokens(metrics: str) -> float:
+    found = re.findall(r"^vllm:generation_tokens_total\{[^}]*\} (\S+)$", metrics, re.M)
+    return sum(float(v) for v in found)
+
+
+async def test_a_streaming_client_that_leaves_aborts_its_request(client: httpx.AsyncClient) -> None:
+    """What the proxy's revoke (max_hold_s) and a client's disconnect rely on: closing the
+    connection of a stream ends the engine's work on it, long before its max_tokens."""
+    before = generated_tokens((await client.get("/metrics")).text)
+    async with client.stream("POST", "/v1/chat/completions", json=chat(LONG, stream=True)) as r:
+        lines = r.aiter_lines()
+        while not (await anext(lines)).startswith("data: "):
+            pass  # until the first token event; leaving the block closes the connection
+    async with asyncio.timeout(30):
+        while (
+            'num_requests_running{engine="0",model_name="tiny"} 0.0'
+            not in (await client.get("/metrics")).text
+        ):
+            await asyncio.sleep(0.01)  # poll until the engine let go of it
+    generated = generated_tokens((await client.get("/metrics")).text) - before
+    assert generated < LONG / 2, f"{generated:g} of {LONG} tokens generated after the client left"
