@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +23,25 @@ def run_bench(script: str, out: Path, *args: str, timeout_s: float = 110) -> Any
     """Run bench/`script` with `args`; its whole JSON report. A failure or a timeout fails the
     test with the end of the child's stderr and stdout (a bare exit status says nothing)."""
     argv = [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{script} ran past {timeout_s:g}s:\n{_tails(exc.stdout, exc.stderr)}")
-    assert done.returncode == 0, (
-        f"{script} exited with {done.returncode}:\n{_tails(done.stdout, done.stderr)}"
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    assert out.exists(), f"{script} wrote no {out.name}:\n{_tails(done.stdout, done.stderr)}"
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        # SIGINT first: the benchmark's own cleanup stops the servers it started (each in a
+        # session of its own, out of reach of a group kill); then its group, by the PID we own
+        proc.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        pytest.fail(f"{script} ran past {timeout_s:g}s:\n{_tails(stdout, stderr)}")
+    assert proc.returncode == 0, (
+        f"{script} exited with {proc.returncode}:\n{_tails(stdout, stderr)}"
+    )
+    assert out.exists(), f"{script} wrote no {out.name}:\n{_tails(stdout, stderr)}"
     return json.loads(out.read_text())
 
 
