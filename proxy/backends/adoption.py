@@ -29,6 +29,7 @@ from proxy.backends.runtime import Record
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
+KILL_WAIT_S = 10.0
 UNKNOWN_EXIT = -1  # not our child: its exit status cannot be read
 
 
@@ -145,16 +146,22 @@ def group_alive(group: int, since: float) -> bool:
     return False
 
 
-async def end_group(group: int, since: float, grace_s: float) -> None:
-    """SIGTERM a previous proxy's group, SIGKILL it after `grace_s`, until none of it runs."""
-    deadline = asyncio.get_running_loop().time() + grace_s
+async def end_group(group: int, since: float, grace_s: float) -> bool:
+    """SIGTERM a previous proxy's group, SIGKILL it after `grace_s`, until none of it runs -
+    or KILL_WAIT_S after the SIGKILL (a process stuck in the driver): False then."""
+    loop = asyncio.get_running_loop()
+    term_until = loop.time() + grace_s
     sig = signal.SIGTERM
     while group_alive(group, since):
+        if loop.time() > term_until + KILL_WAIT_S:
+            log.error("process group %d still runs %.0fs after SIGKILL", group, KILL_WAIT_S)
+            return False
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(group, sig)
-        if asyncio.get_running_loop().time() > deadline:
+        if loop.time() > term_until:
             sig = signal.SIGKILL
         await asyncio.sleep(POLL_S)
+    return True
 
 
 class AdoptedProcess:

@@ -135,10 +135,18 @@ class ManagedProcess:
         self._pump = asyncio.create_task(self._copy_output(self._proc), name=f"log:{self.name}")
 
     async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Every line to the log file and the tail. A log file that cannot be opened is an
+        error in the proxy's log, never a reason to stop reading: a child whose pipe is not
+        read blocks once the pipe is full."""
         assert proc.stdout is not None
+        sink = None
         if self._log_path is not None:
-            self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        sink = self._log_path.open("ab") if self._log_path is not None else None
+            try:
+                self._log_path.parent.mkdir(parents=True, exist_ok=True)
+                sink = self._log_path.open("ab")
+            except OSError as exc:
+                log.error("%s: cannot write its log %s: %s", self.name, self._log_path, exc)
+                self._tail.append(f"(vllm-switch: cannot write the log {self._log_path}: {exc})")
         try:
             while line := await proc.stdout.readline():
                 if sink is not None:
@@ -181,14 +189,15 @@ class ManagedProcess:
         self._fallback = asyncio.get_running_loop().call_later(KILL_FALLBACK_S, fallback)
 
     async def stop(self, grace_s: float) -> int | None:
-        """SIGTERM the group, SIGKILL it after `grace_s`, reap. Returns the exit code."""
+        """SIGTERM to the reaper (it ends its group: SIGTERM, SIGKILL after its grace), SIGKILL
+        all of it after `grace_s`, reap. Returns the exit code."""
         if self._proc is None:
             return None
         self.stopping = True
         if self._proc.returncode is None:
             self._collect()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # the reaper passes it to its group
+                os.kill(self._proc.pid, signal.SIGTERM)  # (a second one could end it harder)
             try:
                 async with asyncio.timeout(grace_s):
                     await self._proc.wait()

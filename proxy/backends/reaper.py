@@ -51,6 +51,8 @@ class Reaper:
         self.argv = list(argv)
         self.grace_s = grace_s
         self.stopping = False
+        self._pid: int | None = None  # the command's
+        self.code: int | None = None  # its exit code (negative: the signal), once reaped
 
     def stop(self, _signum: int = signal.SIGTERM, _frame: object = None) -> None:
         """SIGTERM to the group (vLLM and everything it started), SIGKILL after the grace to
@@ -63,7 +65,7 @@ class Reaper:
         _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         while time.monotonic() < deadline and _others(group):
-            _reap()
+            self._reap()
             time.sleep(0.05)
         self.kill_now()
 
@@ -78,30 +80,41 @@ class Reaper:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            _reap()
+            self._reap()
             time.sleep(0.01)
-        _reap()
+        self._reap()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         signal.signal(signal.SIGUSR1, self.kill_now)
-        child = subprocess.Popen(self.argv)  # our group; stdout and stderr: ours (the proxy's)
-        code = child.wait()
+        # our group; stdout and stderr: ours (the proxy's). Never Popen.wait(): a handler's
+        # reaping would leave it ECHILD, which it reports as exit 0
+        self._pid = subprocess.Popen(self.argv).pid
+        while self.code is None:
+            try:
+                pid, status = os.waitpid(self._pid, 0)
+            except ChildProcessError:  # a handler reaped it (and noted its status)
+                break
+            if pid == self._pid:
+                self.code = os.waitstatus_to_exitcode(status)
         if not self.stopping:
             self.stop()  # the command ended by itself: nothing it started may stay behind
+        code = 1 if self.code is None else self.code
         return code if code >= 0 else 128 - code
 
-
-def _reap() -> None:
-    """Reap every child that exited (ours, and orphans re-parented to us as subreaper)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    def _reap(self) -> None:
+        """Reap every child that exited (the command - its status kept - and orphans
+        re-parented to us as their subreaper)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self._pid and self.code is None:
+                self.code = os.waitstatus_to_exitcode(status)
 
 
 def _others(group: int) -> list[int]:

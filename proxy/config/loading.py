@@ -88,7 +88,14 @@ def load_config(path: Path) -> ProxyConfig:
     config = parse_config(text, source=str(path))
     home = path.resolve().parent  # supervised backends run there unless they say otherwise
     models = tuple(
-        m.model_copy(update={"cwd": home / m.cwd if m.cwd is not None else home})
+        m.model_copy(
+            update={
+                "cwd": home / m.cwd if m.cwd is not None else home,
+                # relative to the config file too, fixed now: not to whatever directory the
+                # proxy runs in when the backend is restarted (a redeploy may have removed it)
+                "log_file": home / m.log_file if m.log_file is not None else None,
+            }
+        )
         if m.supervised
         else m
         for m in config.models

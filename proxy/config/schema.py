@@ -110,7 +110,9 @@ class ModelConfig(_Strict):
         default="eager", description="lazy: start on the first request"
     )
     log_file: Path | None = Field(
-        default=None, description="where the started backend's output goes (appended)"
+        default=None,
+        description="where the started backend's output goes (appended; relative: to the "
+        "config file's directory)",
     )
     cwd: Path | None = Field(
         default=None,

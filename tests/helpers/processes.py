@@ -85,17 +85,22 @@ def launched(args: list[str], ready_prefix: str) -> Iterator[tuple[subprocess.Po
         else:
             raise AssertionError("never became ready:\n" + "".join(seen))
     finally:
-        # SIGTERM first: `serve` stops its supervised backends and `demo` its emulators (each in
-        # a session of its own, so a SIGKILL of this group alone would leave them running)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def stop_group(proc: subprocess.Popen[str]) -> None:
+    """End a `vllm-switch` this test started in a session of its own: SIGTERM first - `serve`
+    stops its supervised backends and `demo` its emulators (each in a session of its own, so
+    a SIGKILL of this group alone would leave them running) - SIGKILL after 30 s; reaped."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def required_tool(name: str, hint: str) -> str:

@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from tests.helpers.processes import stop_group
+
 REPO = Path(__file__).resolve().parents[2]
 READY_LINE = "vllm-switch listening on"
 
@@ -154,13 +156,7 @@ def serving(
         url = next(ln for ln in lines if ln.startswith(READY_LINE)).split()[-1]
         yield ServeProcess(proc, url, groups, lines)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        stop_group(proc)
         reader.join(timeout=5)
         if proc.stdout is not None:
             proc.stdout.close()

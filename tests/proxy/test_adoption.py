@@ -26,7 +26,8 @@ from proxy.clock import SystemClock
 from tests.helpers.bodies import chat
 from tests.helpers.fleet import GPU, MECHANICS
 from tests.helpers.processes import launched
-from tests.proxy.test_crash_safety import group_alive, ready, until
+from tests.helpers.serve_process import group_alive
+from tests.proxy.test_crash_safety import ready, until
 from tests.proxy.test_supervision import ledger, supervised
 
 pytestmark = pytest.mark.process

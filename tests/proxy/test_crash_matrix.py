@@ -315,13 +315,6 @@ async def test_a_removed_working_directory_fails_the_restart_naming_it(
         await poll(logged, 5, "the log names the missing directory")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a relative models[].log_file is opened relative to the proxy's working directory at "
-    "each start (cwd is resolved against the config file's directory, log_file is not): after a "
-    "redeploy the restarted backend's log cannot be opened, its output pump dies, the output "
-    "is lost (and no longer read from the pipe)",
-)
 async def test_a_relative_log_file_follows_the_config_directory_after_a_redeploy(
     tmp_path: Path, groups: BackendGroups
 ) -> None:
@@ -371,12 +364,6 @@ async def test_shutdown_kills_a_backend_that_ignores_sigterm_after_its_grace(
     assert took >= GRACE_S, "it ignored SIGTERM: only the SIGKILL after the grace ended it"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the reaper reaps its own command in its stop path (waitpid(-1) in _reap), so the "
-    "command's Popen.wait() finds no child and says 0: every stopped backend is logged as "
-    "'exit 0', a SIGKILLed one included",
-)
 async def test_the_shutdown_log_says_a_backend_that_ignored_sigterm_was_killed(
     tmp_path: Path, groups: BackendGroups
 ) -> None:

@@ -21,28 +21,15 @@ import pytest
 import yaml
 
 from proxy.backends import reaper
+from proxy.backends.process import ManagedProcess
 from tests.helpers.bodies import chat
 from tests.helpers.fleet import GPU, MECHANICS
 from tests.helpers.processes import launched
 from tests.helpers.proxy_server import serve_proxy
+from tests.helpers.serve_process import group_alive
 from tests.proxy.test_supervision import config, ledger, supervised
 
 pytestmark = pytest.mark.process
-
-
-def group_alive(group: int) -> list[int]:
-    """Live (not zombie) processes of a process group, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] not in ("Z", "X"):
-            found.append(int(entry))
-    return found
 
 
 async def until(condition: Any, within_s: float, what: str) -> float:
@@ -219,3 +206,23 @@ async def test_a_killed_backend_leaves_no_zombie_behind() -> None:
     lines = out.decode().split("\n")
     assert lines[0] == "before 2", lines  # the command and its own child ran
     assert lines[1] == "after -", f"left in the group (states): {lines[1]}"
+
+
+async def test_a_log_file_that_cannot_be_opened_never_stops_the_output_being_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The child's pipe is read whatever happens to its log file (a child whose pipe is not
+    read blocks once it is full): its lines reach the tail, with the reason the log did not."""
+    (tmp_path / "a-file").write_text("")
+    lines = 20_000  # over 64 KiB of output: a pipe nobody reads would block the child
+    proc = ManagedProcess(
+        "m",
+        [sys.executable, "-c", f"for i in range({lines}): print('line', i)"],
+        {},
+        tmp_path / "a-file" / "m.log",  # its "directory" is a file
+        grace_s=1,
+    )
+    await proc.start()
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert proc.tail()[-1] == f"line {lines - 1}"
+    assert "m: cannot write its log" in caplog.text
