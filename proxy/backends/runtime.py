@@ -57,8 +57,27 @@ def default_runtime_dir() -> Path:
 
 
 class RuntimeDir:
+    """Records are trusted only in a directory - and from files - this user owns that nobody
+    else may write: a record names process groups the proxy may end, so one planted by another
+    local user (the default lies in a shared temporary directory) must never be read."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def _trusted(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            log.warning(
+                "runtime dir: ignoring %s: owned by uid %d or writable by others (mode %o)",
+                path,
+                st.st_uid,
+                st.st_mode & 0o777,
+            )
+            return False
+        return True
 
     def _file(self, url: str) -> Path:
         host_port = url.split("://", 1)[-1].split("/", 1)[0]
@@ -70,6 +89,8 @@ class RuntimeDir:
         recognise its processes after a crash), and says so."""
         try:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self._trusted(self.path):
+                return
             target = self._file(record.url)
             fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".rec-")
             with os.fdopen(fd, "w") as f:
@@ -80,8 +101,11 @@ class RuntimeDir:
 
     def read(self, url: str) -> Record | None:
         """The record for `url`, or None (none, unreadable, or not a record: never an error)."""
+        file = self._file(url)
+        if not file.exists() or not (self._trusted(self.path) and self._trusted(file)):
+            return None
         try:
-            data: Any = json.loads(self._file(url).read_text())
+            data: Any = json.loads(file.read_text())
             record = Record(
                 url=str(data["url"]),
                 name=str(data["name"]),

@@ -112,3 +112,21 @@ def test_the_fingerprint_changes_with_command_env_and_cwd() -> None:
     assert len(prints) == 4
     same = ModelConfig.model_validate({**base, "idle_sleep_s": 5})
     assert fingerprint(same) == fingerprint(ModelConfig.model_validate(base))
+
+
+def test_records_in_a_directory_others_may_write_are_never_read(tmp_path: Path) -> None:
+    """A record names process groups the proxy may end: one another user could have planted
+    (a shared temporary directory) is ignored, and nothing is written there."""
+    rd = RuntimeDir(tmp_path / "run")
+    rd.write(RECORD)
+    assert rd.read(URL) == RECORD
+    (tmp_path / "run").chmod(0o777)
+    assert rd.read(URL) is None
+    (tmp_path / "run").chmod(0o700)
+    next((tmp_path / "run").glob("*.json")).chmod(0o666)
+    assert rd.read(URL) is None
+    shared = RuntimeDir(tmp_path / "shared")
+    (tmp_path / "shared").mkdir(mode=0o777)
+    (tmp_path / "shared").chmod(0o777)
+    shared.write(RECORD)
+    assert list((tmp_path / "shared").iterdir()) == []
