@@ -38,6 +38,7 @@ class Listener:
     pid: int
     group: int
     started: float  # seconds since the epoch
+    uid: int  # its owner: only a process of the proxy's own user is ever adopted
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,11 @@ def decide(
     """What to do with what listens at a supervised backend's URL. `healthy`: /health 200;
     `served`: what its /v1/models lists; `record`: the runtime record for the URL;
     `record_alive`: a process of the record's group still runs."""
+    mine = listener is not None and listener.uid == os.getuid()
     ours = (
         record is not None
         and listener is not None
+        and mine
         and listener.group == record.group
         and listener.started >= record.started - 1.0  # create times are rounded by the kernel
     )
@@ -95,12 +98,12 @@ def decide(
                 f"a vLLM serving {model!r} already listens at {where}, not started by this "
                 "proxy, and the model says adopt: false: stop it, or set adopt: true",
             )
-        if listener is None:
+        if listener is None or not mine:
             return Claim(
                 "refuse",
                 f"a vLLM serving {model!r} listens at {where} but its process is not visible to "
-                "the proxy (another user or container): configure the model with `url` only (no "
-                "`command`) to attach it",
+                "the proxy or belongs to another user (another container, another account): it "
+                "is not adopted - configure the model with `url` only (no `command`) to attach it",
             )
         return Claim("adopt", "a vLLM serving the model, not started by this proxy", listener)
     what = ", ".join(map(repr, served)) or ("no vLLM model" if healthy else "no /health")
@@ -124,7 +127,8 @@ def find_listener(url: str) -> Listener | None:
     for c in conns:
         if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
             try:
-                return Listener(c.pid, os.getpgid(c.pid), psutil.Process(c.pid).create_time())
+                p = psutil.Process(c.pid)
+                return Listener(c.pid, os.getpgid(c.pid), p.create_time(), p.uids().real)
             except (psutil.Error, OSError):
                 return None
     return None
@@ -132,13 +136,15 @@ def find_listener(url: str) -> Listener | None:
 
 def group_alive(group: int, since: float) -> bool:
     """Does a live process of `group` run that is no older than `since` (a reused group id
-    of a process older than the record is not ours)?"""
-    for p in psutil.process_iter(["status", "create_time"]):
+    of a process older than the record is not ours) and is this user's?"""
+    me = os.getuid()
+    for p in psutil.process_iter(["status", "create_time", "uids"]):
         try:
             if (
                 os.getpgid(p.pid) == group
                 and p.info["status"] != psutil.STATUS_ZOMBIE
                 and p.info["create_time"] >= since - 1.0
+                and p.info["uids"].real == me
             ):
                 return True
         except (OSError, psutil.Error):

@@ -3,6 +3,7 @@ tests/proxy/test_adoption.py, on real processes)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def claim(**overrides: Any) -> tuple[str, str, bool]:
         "model": "m",
         "healthy": True,
         "served": ("m",),
-        "listener": Listener(pid=501, group=500, started=1000.5),
+        "listener": Listener(pid=501, group=500, started=1000.5, uid=os.getuid()),
         "record": RECORD,
         "record_alive": True,
         "fingerprint": "f1",
@@ -55,7 +56,7 @@ def test_a_previous_proxys_backend_is_replaced_when(overrides: dict[str, Any], w
 def test_a_listener_in_a_reused_group_id_is_not_ours() -> None:
     """Older than the record: the group id was reused by something else - a stranger."""
     action, reason, owned = claim(
-        listener=Listener(pid=501, group=500, started=900.0), record_alive=False
+        listener=Listener(pid=501, group=500, started=900.0, uid=os.getuid()), record_alive=False
     )
     assert (action, owned) == ("adopt", False)  # it serves the model: adopted, never owned
     assert "not started by this proxy" in reason
@@ -79,10 +80,17 @@ def test_a_stranger_on_the_port_is_refused_with_the_port_and_its_pid() -> None:
     assert "no /health" in reason
 
 
-def test_an_invisible_process_is_not_adopted() -> None:
+def test_an_invisible_process_or_another_users_is_not_adopted() -> None:
+    """Adopting means forwarding clients' traffic to it: a process another account started on
+    the port (a squatter) is never adopted, even with a record that names its group."""
     action, reason, _ = claim(record=None, record_alive=False, listener=None)
     assert action == "refuse"
     assert "not visible" in reason
+    other = Listener(pid=501, group=500, started=1000.5, uid=os.getuid() + 1)
+    for record in (None, RECORD):
+        action, reason, _ = claim(record=record, record_alive=False, listener=other)
+        assert action == "refuse"
+        assert "another user" in reason
 
 
 def test_nothing_listening_and_no_live_record_means_start() -> None:
