@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxy.backends.adoption import Listener, decide
 from proxy.backends.runtime import Record, RuntimeDir, fingerprint
@@ -138,3 +139,14 @@ def test_records_in_a_directory_others_may_write_are_never_read(tmp_path: Path) 
     (tmp_path / "shared").chmod(0o777)
     shared.write(RECORD)
     assert list((tmp_path / "shared").iterdir()) == []
+
+
+@given(
+    st.binary(max_size=300) | st.from_regex(r'\{"url": .{0,80}\}', fullmatch=True).map(str.encode)
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_in_a_record_file_read_as_a_record_or_none(tmp_path: Path, data: bytes) -> None:
+    rd = RuntimeDir(tmp_path / "fuzz")
+    rd.write(RECORD)
+    next((tmp_path / "fuzz").glob("*.json")).write_bytes(data)
+    assert rd.read(URL) in (None, RECORD)
