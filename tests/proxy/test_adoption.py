@@ -89,6 +89,7 @@ async def test_a_previous_proxys_backend_is_adopted_not_started_twice(tmp_path: 
             status = await ready(url, 30)
             a = model_of(status, "model-a")
             assert a["process"]["pid"] == emulator, "the running emulator is kept, not replaced"
+            assert a["process"]["adopted"] is True
             assert "previous proxy" in a["process"]["last_lines"][0]
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 r = await c.post("/v1/chat/completions", json=chat("model-a"))
@@ -111,6 +112,7 @@ async def test_a_previous_proxys_backend_from_another_command_is_replaced(
             a = model_of(await ready(url, 30), "model-a")
             assert a["state"] == "ready", a
             assert a["process"]["pid"] != emulator
+            assert a["process"]["adopted"] is False
             assert not group_alive(group), "the old backend was ended before the new start"
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
                 r = await c.post("/v1/chat/completions", json=chat("model-a"))

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
+from proxy.backends.adoption import AdoptedProcess
 from proxy.errors import ModelNotFoundError, NotFoundError
 from proxy.http.routes import schemas
 from proxy.observability.events import Event
@@ -96,6 +97,8 @@ def status(services: Services) -> dict[str, Any]:
                 if proc is None
                 else {
                     "pid": proc.pid,
+                    # kept from before this proxy started (docs/deploy.md, adoption)
+                    "adopted": isinstance(proc, AdoptedProcess),
                     "running": proc.running,
                     "exit_code": proc.returncode,
                     "restarts": services.supervisor.restarts(b.name),
