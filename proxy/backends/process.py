@@ -25,7 +25,7 @@ from proxy.backends import reaper
 
 log = logging.getLogger(__name__)
 REAPER = reaper.__file__  # run as a script (-I): stdlib only, nothing of the proxy imported
-KILL_FALLBACK_S = 5.0  # a reaper that did not end its group after a kill: SIGKILL it all
+KILL_FALLBACK_S = 15.0  # a reaper that did not end its group (it waits up to 10 s): SIGKILL all
 
 
 class Process(Protocol):
@@ -46,6 +46,10 @@ class Process(Protocol):
 
     def pids(self) -> set[int]:
         """Every pid seen to belong to it (for the GPU memory release wait after its end)."""
+        ...
+
+    def collect(self) -> None:
+        """Note the pids that belong to it now (it is up: its workers run)."""
         ...
 
     async def start(self) -> None: ...
@@ -78,7 +82,7 @@ class ManagedProcess:
         self._tail: deque[str] = deque(maxlen=tail)
         self._proc: asyncio.subprocess.Process | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._seen: set[int] = set()  # its pids, collected when it is stopped or killed
+        self._seen: set[int] = set()  # its pids, collected once it is up and when it is stopped
         self._fallback: asyncio.TimerHandle | None = None
         self.stopping = False
 
@@ -100,7 +104,7 @@ class ManagedProcess:
     def pids(self) -> set[int]:
         return self._seen | ({self._proc.pid} if self._proc is not None else set())
 
-    def _collect(self) -> None:
+    def collect(self) -> None:
         """Note the reaper's descendants (a worker that left the group included) while they
         run: after the stop they are what the GPU memory release wait watches."""
         if self._proc is None:
@@ -172,7 +176,7 @@ class ManagedProcess:
         self.stopping = True
         if self._proc is None or self._proc.returncode is not None:
             return
-        self._collect()
+        self.collect()
         group = self._proc.pid
         with contextlib.suppress(ProcessLookupError):
             os.kill(group, signal.SIGUSR1)
@@ -195,9 +199,9 @@ class ManagedProcess:
             return None
         self.stopping = True
         if self._proc.returncode is None:
-            self._collect()
+            self.collect()
             with contextlib.suppress(ProcessLookupError):  # the reaper passes it to its group
-                os.kill(self._proc.pid, signal.SIGTERM)  # (a second one could end it harder)
+                os.kill(self._proc.pid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(grace_s):
                     await self._proc.wait()

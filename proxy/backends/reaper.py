@@ -61,6 +61,11 @@ class Reaper:
             return
         self.stopping = True
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM reaches us too
+        if self._pid is None:
+            return  # no command yet: run() ends it as soon as it exists
+        self._terminate()
+
+    def _terminate(self) -> None:
         group = os.getpgrp()
         _signal_group(group, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
@@ -91,6 +96,8 @@ class Reaper:
         # our group; stdout and stderr: ours (the proxy's). Never Popen.wait(): a handler's
         # reaping would leave it ECHILD, which it reports as exit 0
         self._pid = subprocess.Popen(self.argv).pid
+        if self.stopping:  # a stop (or the proxy's death) came before the command existed
+            self._terminate()
         while self.code is None:
             try:
                 pid, status = os.waitpid(self._pid, 0)

@@ -2,11 +2,12 @@
 proxy - after this one died however it died - can tell one of its own processes at a backend's
 URL from a stranger, and whether it was started from the same command.
 
-One JSON file per backend URL (`<host>_<port>.json`: the port is what two processes cannot
-share), written atomically (a temporary file, then rename): `url`, `name`, `group` (the process
-group the backend runs in - the reaper's pid), `started` (the reaper's start time, seconds since
-the epoch: a reused pid never matches), `fingerprint` (of command, env and working directory)
-and `proxy_pid`. A record is evidence, never trusted alone: adoption also checks that the
+One JSON file per backend port (`port-<port>.json`: the port is what two processes cannot
+share, whatever the URL calls the host), written atomically (a temporary file, then rename):
+`url`, `name`, `group` (the process group the backend runs in - the reaper's pid), `started`
+(the reaper's start time, seconds since the epoch: a reused group id does not match, see
+host.group_members), `fingerprint` (of command, env and working directory), `proxy_pid`, and
+`boot`/`pidns` (a record from before a reboot or from another container's life is stale). A record is evidence, never trusted alone: adoption also checks that the
 process listening at the URL is in that group and no older than the record (adoption.py).
 
 State: the files on disk only; RuntimeDir keeps nothing in memory. The Supervisor writes a
@@ -24,6 +25,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
 
 from proxy.config import ModelConfig
 
@@ -38,6 +42,17 @@ class Record:
     started: float
     fingerprint: str
     proxy_pid: int
+    boot: float = 0.0  # the host's boot time: a record from before a reboot is stale
+    pidns: int = 0  # the pid namespace: a record from another container's life is stale
+
+
+def this_host() -> tuple[float, int]:
+    """(boot time, pid namespace id) of the running system, for a record's `boot`/`pidns`."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    return psutil.boot_time(), ns
 
 
 def fingerprint(config: ModelConfig) -> str:
@@ -80,9 +95,7 @@ class RuntimeDir:
         return True
 
     def _file(self, url: str) -> Path:
-        host_port = url.split("://", 1)[-1].split("/", 1)[0]
-        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in host_port)
-        return self.path / f"{safe}.json"
+        return self.path / f"port-{_port(url)}.json"  # the port is what cannot be shared
 
     def write(self, record: Record) -> None:
         """Best effort: a proxy that cannot write its records still runs (it only cannot
@@ -113,11 +126,32 @@ class RuntimeDir:
                 started=float(data["started"]),
                 fingerprint=str(data["fingerprint"]),
                 proxy_pid=int(data["proxy_pid"]),
+                boot=float(data.get("boot", 0.0)),
+                pidns=int(data.get("pidns", 0)),
             )
-        except (OSError, ValueError, KeyError, TypeError):
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            ArithmeticError,
+            RecursionError,
+        ):
             return None
-        return record if record.url == url else None
+        boot, pidns = this_host()
+        if abs(record.boot - boot) > 2.0 or record.pidns != pidns:
+            return None  # from before a reboot, or another container's life: its pids mean nothing
+        return record if _port(record.url) == _port(url) and record.group > 1 else None
 
     def forget(self, url: str) -> None:
         with contextlib.suppress(OSError):
             self._file(url).unlink()
+
+
+def _port(url: str) -> int | None:
+    try:
+        parts = urlsplit(url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None

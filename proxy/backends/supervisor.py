@@ -27,26 +27,21 @@ import asyncio
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 
 import psutil
 
 from proxy.backends import Backend, BackendState
-from proxy.backends.adoption import (
-    AdoptedProcess,
-    Claim,
-    Listener,
-    decide,
-    end_group,
-    find_listener,
-    group_alive,
-)
+from proxy.backends.adopted import AdoptedProcess
+from proxy.backends.adoption import Claim, Listener, decide
 from proxy.backends.gpu_memory import GpuMemory
+from proxy.backends.host import end_group, find_listener, group_members, owner_alive
 from proxy.backends.probe import probe_backend
 from proxy.backends.process import ManagedProcess, Process
 from proxy.backends.release import wait_released
-from proxy.backends.runtime import Record, RuntimeDir, fingerprint
+from proxy.backends.runtime import Record, RuntimeDir, fingerprint, this_host
 from proxy.clock import Clock, SystemClock
 from proxy.config import ModelConfig
 
@@ -84,6 +79,8 @@ class Supervisor:
         # told when a process died by itself (not stopped, not killed by us); set by the Switcher
         self.on_exit: Callable[[Backend, int], None] = lambda _backend, _code: None
         self._watchers: set[asyncio.Task[None]] = set()
+        # memory release waits of processes that died by themselves, until they end
+        self._releasing: dict[str, asyncio.Task[None]] = {}
         self._starts: dict[str, int] = dict.fromkeys(self._procs, 0)
         # the free memory of a backend's GPU (NVML), for the release wait; set by the Switcher
         self.memory_of: Callable[[Backend], GpuMemory | None] = lambda _backend: None
@@ -124,6 +121,7 @@ class Supervisor:
             proc = self._procs[backend.name] = self._launch(backend.config)
         if (taken := await self._occupant(backend)) is not None:
             raise StartError(taken)
+        await self.settled([backend])  # (the switching core awaited its group's already)
         backend.set_state(BackendState.STARTING)
         self._starts[backend.name] += 1
         if self._starts[backend.name] > 1:
@@ -138,6 +136,7 @@ class Supervisor:
                     f"process exited with {proc.returncode} while starting; last output:\n{tail}"
                 )
             await asyncio.sleep(HEALTH_POLL_S)
+        proc.collect()  # its engine and workers now run: what a release wait must watch
 
     async def _occupant(self, backend: Backend) -> str | None:
         """What answers at the URL of a backend about to be started, or None (nothing: the
@@ -164,26 +163,40 @@ class Supervisor:
     async def adopt(self, backend: Backend) -> Claim:
         """Start-up, before anything starts: what listens at a supervised backend's URL
         (adoption.decide). 'adopt': kept as its process from now on, its state for start-up
-        to reconcile; 'replace': a previous proxy's backend, ended (memory released) - start
-        it anew; 'refuse': FAILED with the reason (its memory is not counted: not ours)."""
+        to reconcile; 'replace': a previous proxy's backend, ended and its memory released -
+        started anew (unless a stranger then still holds the port); 'refuse': FAILED with the
+        reason, holding memory if it is a vLLM serving the model (it is on this GPU)."""
         if self._runtime is None:
             return Claim("start", "no runtime directory")
         cfg = backend.config
         record = self._runtime.read(cfg.base_url)
-        alive = record is not None and group_alive(record.group, record.started)
+        members = group_members(record.group, record.started) if record is not None else set()
+        if (
+            record is not None
+            and record.proxy_pid != os.getpid()
+            and owner_alive(record.proxy_pid, record.started)
+        ):
+            return self._refused(
+                backend,
+                Claim(
+                    "refuse",
+                    f"another vllm-switch (pid {record.proxy_pid}) supervises "
+                    f"{cfg.base_url}: two proxies must not share backends",
+                ),
+                holds_memory=True,
+            )
         healthy = await backend.control.health()
         served: tuple[str, ...] = ()
         if healthy:
-            report = await probe_backend(cfg, backend.control.client, needs_sleep=False)
-            served = report.served
+            served = (await probe_backend(cfg, backend.control.client, needs_sleep=False)).served
         claim = decide(
             where=cfg.base_url,
             model=cfg.backend_model,
             healthy=healthy,
             served=served,
             listener=self._find(cfg.base_url),
-            record=record,
-            record_alive=alive,
+            record=record if members else None,  # its group gone (or the id reused): stale
+            record_alive=bool(members),
             fingerprint=fingerprint(cfg),
             adopt=cfg.adopt,
         )
@@ -197,15 +210,26 @@ class Supervisor:
             self._procs[backend.name] = proc
             self._starts[backend.name] += 1
             self._watch_exit(backend, proc)
-        elif claim.action == "replace" and record is not None:
-            pids = {claim.listener.pid} if claim.listener is not None else set()
-            await end_group(record.group, record.started, cfg.stop_grace_s)
+            return claim
+        if record is not None:
+            self._runtime.forget(cfg.base_url)  # replaced below, or stale
+        if claim.action == "replace" and record is not None:
+            pids = members | ({claim.listener.pid} if claim.listener is not None else set())
+            if not await end_group(record.group, record.started, cfg.stop_grace_s):
+                why = f"a previous proxy's backend (process group {record.group}) does not die"
+                return self._refused(backend, Claim("refuse", why), holds_memory=True)
             await self._released(backend, pids)
-            self._runtime.forget(cfg.base_url)
+            if (left := self._find(cfg.base_url)) is not None:  # a stranger holds the port too
+                why = f"the port of {cfg.base_url} is still taken (pid {left.pid}) after the "
+                return self._refused(
+                    backend, Claim("refuse", why + "previous proxy's backend ended"), False
+                )
         elif claim.action == "refuse":
-            backend.mark_failed(claim.reason, holds_memory=False)
-        elif record is not None:
-            self._runtime.forget(cfg.base_url)  # a stale record: its processes are gone
+            self._refused(backend, claim, holds_memory=cfg.backend_model in served)
+        return claim
+
+    def _refused(self, backend: Backend, claim: Claim, holds_memory: bool) -> Claim:
+        backend.mark_failed(claim.reason, holds_memory=holds_memory)
         return claim
 
     def _record(self, backend: Backend, proc: Process) -> None:
@@ -215,6 +239,7 @@ class Supervisor:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             return  # gone already: its watcher reports it
+        boot, pidns = this_host()
         self._runtime.write(
             Record(
                 url=backend.config.base_url,
@@ -223,6 +248,8 @@ class Supervisor:
                 started=started,
                 fingerprint=fingerprint(backend.config),
                 proxy_pid=os.getpid(),
+                boot=boot,
+                pidns=pidns,
             )
         )
 
@@ -243,17 +270,32 @@ class Supervisor:
         )
         log.info("%s: its GPU memory is released (%.1fs after its exit)", backend.name, took)
 
-    async def _gone(self, backend: Backend, proc: Process) -> None:
-        """After its exit: memory released, record removed (it is not ours to adopt any more)."""
-        await self._released(backend, proc.pids())
+    def _forget(self, backend: Backend, proc: Process) -> None:
+        """Its process is gone: its record too (never a newer process's: only while `proc` is
+        still the backend's process)."""
         if self._runtime is not None and self._procs.get(backend.name) is proc:
             self._runtime.forget(backend.config.base_url)
+
+    async def _gone(self, backend: Backend, proc: Process) -> None:
+        """After its exit: record removed, memory released."""
+        self._forget(backend, proc)
+        await self._released(backend, proc.pids())
+
+    async def settled(self, members: Iterable[Backend]) -> None:
+        """Until the memory of every process of `members` that died by itself is released:
+        the switching core awaits it before it starts or wakes anything on their GPU."""
+        pending = [t for b in members if (t := self._releasing.get(b.name)) is not None]
+        if pending:
+            await asyncio.gather(*(asyncio.shield(t) for t in pending), return_exceptions=True)
 
     async def _watch(self, backend: Backend, proc: Process) -> None:
         code = await proc.wait()
         if proc.stopping:
             return
-        await self._gone(backend, proc)  # nothing starts next to memory still being freed
+        # all bookkeeping first, with no await between the exit and its report: the record,
+        # the crash history and the backoff; the memory release is waited for by whatever
+        # starts or wakes next on the GPU (`settled`), not here - the report must not wait
+        self._forget(backend, proc)
         now = self._clock.monotonic()
         crashes = self._crashes[backend.name]
         crashes.append(now)
@@ -272,14 +314,26 @@ class Supervisor:
             cfg.window_s,
             backoff,
         )
+        release = asyncio.create_task(
+            self._released(backend, proc.pids()), name=f"release:{backend.name}"
+        )
+        self._releasing[backend.name] = release
+        release.add_done_callback(partial(self._released_done, backend.name))
         self.on_exit(backend, code)  # the switching core applies it (Switcher.report_exit)
+
+    def _released_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if self._releasing.get(name) is task:
+            del self._releasing[name]
 
     async def kill(self, backend: Backend) -> None:
         """Kill a backend whose engine cannot be trusted (failed wake): frees its GPU memory."""
         proc = self._procs[backend.name]
         if proc.running:  # one that already exited (or never started) is left alone: an exit
             proc.kill()  # by itself stays a crash for its watcher
-            await proc.wait()
+            if isinstance(proc, AdoptedProcess):
+                await proc.wait_killed()  # bounded: not our child, no reaper behind it
+            else:
+                await proc.wait()  # bounded by the reaper, and the fallback behind it
             await self._gone(backend, proc)
         backend.holds_memory = False
 
@@ -314,9 +368,9 @@ class Supervisor:
                 backend.set_state(BackendState.STOPPED)
 
         await asyncio.gather(*(stop(self._backends[n], p) for n, p in self._procs.items()))
-        for w in list(self._watchers):
+        for w in [*self._watchers, *self._releasing.values()]:
             w.cancel()
-        await asyncio.gather(*self._watchers, return_exceptions=True)
+        await asyncio.gather(*self._watchers, *self._releasing.values(), return_exceptions=True)
 
 
 def _managed_process(config: ModelConfig) -> Process:

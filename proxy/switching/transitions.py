@@ -109,6 +109,7 @@ class Transitions:
         """Wake and warm up (not READY yet: the caller sets it). Returns (wake ms, warm-up ms)."""
         t = target.config.timeouts
         level = str(target.config.sleep_level)
+        await self._supervisor.settled(group.members)  # a member that just died: memory first
         group.enter("waking", t.wake_s)
         started = self._clock.monotonic()
         try:
@@ -147,6 +148,7 @@ class Transitions:
         """Start a supervised backend (STOPPED, or FAILED and due for a restart), then warm up.
         Returns (start ms, warm-up ms)."""
         t = target.config.timeouts
+        await self._supervisor.settled(group.members)  # a member that just died: memory first
         group.enter("starting", t.start_s)
         started = self._clock.monotonic()
         try:

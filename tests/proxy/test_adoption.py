@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 
+from proxy.backends.host import group_members
 from proxy.backends.release import wait_released
 from proxy.clock import SystemClock
 from tests.helpers.bodies import chat
@@ -207,5 +209,38 @@ async def test_the_release_wait_is_bounded() -> None:
         await child.wait()
 
 
-async def sleeper() -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+async def sleeper(*, new_session: bool = False) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)", start_new_session=new_session
+    )
+
+
+async def test_a_reused_group_id_is_not_a_previous_proxys_group() -> None:
+    """A record names group G and when its leader started: a new process that got G as its
+    pid (the old group all gone) and leads a group of its own is not that group."""
+    proc = await sleeper(new_session=True)
+    try:
+        started = psutil.Process(proc.pid).create_time()
+        assert group_members(proc.pid, started) == {proc.pid}
+        assert group_members(proc.pid, started - 100) == set(), "its leader started later"
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_a_second_proxy_on_the_same_backends_is_refused_them(tmp_path: Path) -> None:
+    """Two proxies must not share backends (whichever stops first would kill them): a proxy
+    that finds the record of a live one leaves the model FAILED, naming it."""
+    path = write_config(tmp_path, [supervised("model-a", tmp_path)])
+    with launched(["serve", "--config", str(path)], "vllm-switch listening on") as (first, url):
+        group = model_of(await ready(url, 30), "model-a")["process"]["pid"]
+        with launched(["serve", "--config", str(path)], "vllm-switch listening on") as (_, url2):
+            async with httpx.AsyncClient(base_url=url2, timeout=30) as c, asyncio.timeout(30):
+                status = (await c.get("/admin/status")).json()
+                while model_of(status, "model-a")["state"] == "unknown":
+                    await asyncio.sleep(0.05)  # poll until its start-up decided
+                    status = (await c.get("/admin/status")).json()
+            a = model_of(status, "model-a")
+            assert a["state"] == "failed"
+            assert f"another vllm-switch (pid {first.pid})" in a["failure"]
+        assert group_alive(group), "the first proxy's backend is untouched"

@@ -226,3 +226,23 @@ async def test_a_log_file_that_cannot_be_opened_never_stops_the_output_being_rea
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert proc.tail()[-1] == f"line {lines - 1}"
     assert "m: cannot write its log" in caplog.text
+
+
+async def test_a_stop_that_comes_before_the_command_exists_still_ends_it() -> None:
+    """The proxy's death signal (or a stop) can reach the reaper between its handlers and its
+    fork: the command it then starts is ended at once, never left to run unsupervised."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from reaper import Reaper\n"
+        "r = Reaper([sys.executable, '-c', 'import time; time.sleep(60)'], 1.0)\n"
+        "r.stop()  # as the SIGTERM handler would, before run() forks\n"
+        "sys.exit(r.run())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(Path(reaper.__file__).parent), start_new_session=True
+    )
+    try:
+        assert await asyncio.wait_for(proc.wait(), 10) == 128 + signal.SIGTERM
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()

@@ -48,6 +48,7 @@ class FakeProcess:
         self.exit_on_start: int | None = None  # the next starts exit at once with this code
         self.start_raises: OSError | None = None  # the next starts fail to spawn (no such file)
         self.unkillable = False  # SIGKILL does not reap it (an engine stuck in the driver)
+        self.release_pids: set[int] = set()  # what the release wait watches after its end
         self.stopping = False
         self.starts = 0
         self.kills = 0
@@ -71,7 +72,10 @@ class FakeProcess:
         return list(self._lines)
 
     def pids(self) -> set[int]:
-        return set()  # no real process: nothing for the GPU memory release wait to watch
+        return set(self.release_pids)  # none but a test's: nothing real to watch
+
+    def collect(self) -> None:
+        pass
 
     async def start(self) -> None:
         assert not self.running, "started twice"

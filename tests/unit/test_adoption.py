@@ -3,6 +3,7 @@ tests/proxy/test_adoption.py, on real processes)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from proxy.backends.adoption import Listener, decide
-from proxy.backends.runtime import Record, RuntimeDir, fingerprint
+from proxy.backends.runtime import Record, RuntimeDir, fingerprint, this_host
 from proxy.config import ModelConfig
 
 URL = "http://127.0.0.1:8001"
-RECORD = Record(URL, "m", group=500, started=1000.0, fingerprint="f1", proxy_pid=1)
+BOOT, PIDNS = this_host()
+RECORD = Record(URL, "m", 500, 1000.0, "f1", proxy_pid=1, boot=BOOT, pidns=PIDNS)
 
 
 def claim(**overrides: Any) -> tuple[str, str, bool]:
@@ -141,12 +143,40 @@ def test_records_in_a_directory_others_may_write_are_never_read(tmp_path: Path) 
     assert list((tmp_path / "shared").iterdir()) == []
 
 
-@given(
-    st.binary(max_size=300) | st.from_regex(r'\{"url": .{0,80}\}', fullmatch=True).map(str.encode)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
 )
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FIELDS = ("url", "name", "group", "started", "fingerprint", "proxy_pid", "boot", "pidns")
+
+
+@given(
+    st.binary(max_size=300)
+    | st.dictionaries(st.sampled_from(FIELDS), JSONISH).map(lambda d: json.dumps(d).encode())
+    | st.just(b'{"group": 1e999}')
+    | st.just(b"[" * 5000 + b"]" * 5000)
+)
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_any_bytes_in_a_record_file_read_as_a_record_or_none(tmp_path: Path, data: bytes) -> None:
     rd = RuntimeDir(tmp_path / "fuzz")
     rd.write(RECORD)
     next((tmp_path / "fuzz").glob("*.json")).write_bytes(data)
     assert rd.read(URL) in (None, RECORD)
+
+
+def test_a_record_from_before_a_reboot_or_another_pid_namespace_is_stale(tmp_path: Path) -> None:
+    rd = RuntimeDir(tmp_path / "run")
+    for stale in (
+        Record(URL, "m", 500, 1000.0, "f1", proxy_pid=1, boot=BOOT - 3600, pidns=PIDNS),
+        Record(URL, "m", 500, 1000.0, "f1", proxy_pid=1, boot=BOOT, pidns=PIDNS + 1),
+    ):
+        rd.write(stale)
+        assert rd.read(URL) is None
+
+
+def test_records_are_per_port_whatever_the_url_calls_the_host(tmp_path: Path) -> None:
+    rd = RuntimeDir(tmp_path / "run")
+    rd.write(RECORD)
+    assert rd.read("http://localhost:8001") == RECORD
+    assert rd.read("http://localhost:8002") is None

@@ -320,3 +320,24 @@ async def test_shutdown_stops_every_process_and_marks_them_stopped() -> None:
         assert [p.running for p in r.processes.values()] == [False, False, False]
         assert r.process("model-c").starts == 0
         assert all(b.holds_memory is False for b in r.services.backends.values())
+
+
+async def test_nothing_wakes_on_the_gpu_until_a_dead_members_memory_is_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """model-b (resident) dies; model-a's request must not wake it next to memory the dead
+    process still holds: the wake waits for the release (here: until its pid is gone), and
+    the crash is reported at once all the same (FAILED, its backoff running)."""
+    running = {4242}  # the dead backend's worker, still exiting
+    monkeypatch.setattr("proxy.backends.release._alive", lambda pids: sorted(set(pids) & running))
+    async with rig(TWO) as r:
+        r.process("model-b").release_pids = {4242}
+        await crash(r, "model-b")
+        assert r.supervisor.restart_wait(r.backend("model-b")) == 2.0, "accounted at once"
+        serving = asyncio.create_task(r.served("model-a"))
+        await settle()
+        assert not serving.done()
+        assert "model-a: POST /wake_up" not in r.vllm.log(), "no wake next to freeing memory"
+        running.clear()
+        await serving
+        assert "model-a: POST /wake_up" in r.vllm.log()

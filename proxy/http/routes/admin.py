@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
-from proxy.backends.adoption import AdoptedProcess
+from proxy.backends.adopted import AdoptedProcess
 from proxy.errors import ModelNotFoundError, NotFoundError
 from proxy.http.routes import schemas
 from proxy.observability.events import Event
