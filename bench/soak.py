@@ -8,6 +8,14 @@ outcome breakdown, leftovers after the load (in-flight, queued, backend slots, p
 descriptors), proxy RSS at start and end (goal < 10 % growth), switches and restarts.
 
     python3 bench/soak.py --requests 20000 --minutes 10 --out bench/results/soak.json
+    python3 bench/soak.py --requests 0 --minutes 30 ...      # time-bound: load for 30 minutes
+
+Every `--sample-s` the proxy's memory is read from /proc (`bench/rss_proc.py`: RSS, anonymous,
+[heap], glibc thread arenas, other anonymous mappings, threads). RSS growth is reported from the
+first sample (taken when /ready answers, before any load) and from the first sample at or after
+`--warmup-s` of load. `--probe` runs the proxy under `bench/rss_probe.py` and asks it every
+`--probe-s` for glibc's and pymalloc's counters and the gc objects by type (`--tracemalloc`: and
+tracemalloc's growth by line); `--trim-at-end` has it call malloc_trim(0) after the last probe.
 """
 
 from __future__ import annotations
@@ -31,7 +39,11 @@ from typing import Any
 import httpx
 import yaml
 
-from proxy.emulator.launcher import emulate_command, emulator_argv
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runs from a checkout without an install
+
+from bench.rss_proc import memory  # noqa: E402
+from proxy.emulator.launcher import emulate_command, emulator_argv  # noqa: E402
 
 MODELS = ("model-a", "model-b", "model-c")
 
@@ -40,13 +52,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def open_fds(pid: int) -> int:
@@ -79,19 +84,15 @@ def sockets_by_peer(pid: int, backend_ports: set[int]) -> dict[str, int]:
     return dict(kinds)
 
 
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def config(tmp: Path, log_level: str) -> tuple[dict[str, Any], dict[str, str]]:
+def config(tmp: Path, log_level: str, backend_host: str) -> tuple[dict[str, Any], dict[str, str]]:
     models, urls = [], {}
     for name in MODELS:
         port = free_port()
-        urls[name] = f"http://127.0.0.1:{port}"
+        urls[name] = f"http://127.0.0.1:{port}"  # the emulators listen on 127.0.0.1
         models.append(
             {
                 "name": name,
-                "url": urls[name],
+                "url": f"http://{backend_host}:{port}",  # the proxy's URL: localhost is a name
                 "gpu": "g0",
                 "log_file": str(tmp / f"{name}.log"),
                 "restart": {"backoff_s": 0.5, "max_restarts": 1000},
@@ -141,22 +142,33 @@ async def client(
             "ignore_eos": True,
             "stream": rng.random() < 0.5,
         }
-        t0 = time.monotonic()
-        try:
-            async with asyncio.timeout(rng.uniform(0.001, 0.05) if rng.random() < 0.05 else 60):
-                if body["stream"]:
-                    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
-                        async for _ in r.aiter_bytes():
-                            pass
+        give_up = rng.random() < 0.05
+        limit = rng.uniform(0.001, 0.05) if give_up else 60
+        # a client that gives up cancels its request mid-way: on a client of its own, because
+        # cancellations on the shared one leaked its pool's slots (a 30-minute run stalled on
+        # httpx.PoolTimeout after ~19 minutes)
+        async with contextlib.AsyncExitStack() as own:
+            cc = (
+                await own.enter_async_context(httpx.AsyncClient(base_url=c.base_url, timeout=60))
+                if give_up
+                else c
+            )
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(limit):
+                    if body["stream"]:
+                        async with cc.stream("POST", "/v1/chat/completions", json=body) as r:
+                            async for _ in r.aiter_bytes():
+                                pass
+                            out[str(r.status_code)] += 1
+                    else:
+                        r = await cc.post("/v1/chat/completions", json=body)
                         out[str(r.status_code)] += 1
-                else:
-                    r = await c.post("/v1/chat/completions", json=body)
-                    out[str(r.status_code)] += 1
-            latency.append(time.monotonic() - t0)
-        except TimeoutError:
-            out["client_gave_up" if time.monotonic() - t0 < 1 else "unanswered"] += 1
-        except httpx.HTTPError as exc:
-            out[f"error:{type(exc).__name__}"] += 1
+                latency.append(time.monotonic() - t0)
+            except TimeoutError:
+                out["client_gave_up" if time.monotonic() - t0 < 1 else "unanswered"] += 1
+            except httpx.HTTPError as exc:
+                out[f"error:{type(exc).__name__}"] += 1
 
 
 async def chaos(
@@ -176,20 +188,30 @@ async def chaos(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vllm-switch-soak-"))
-    cfg, urls = config(tmp, args.log_level)
+    cfg, urls = config(tmp, args.log_level, args.backend_host)
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = (tmp / "proxy.log").open("w")
+    probe_dir = tmp / "probe"
+    probe_dir.mkdir()
+    env = {**os.environ, **dict(kv.split("=", 1) for kv in args.proxy_env)}
+    root = args.proxy_root or ROOT  # whose `proxy` package the proxy and its emulators run
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    env["RSS_PROBE_ROOT"] = str(root)
+    if args.probe:
+        env["RSS_PROBE_DIR"] = str(probe_dir)
+        env["RSS_PROBE_TRACEMALLOC"] = "1" if args.tracemalloc else "0"
+    entry = [str(ROOT / "bench" / "rss_probe.py")] if args.probe else ["-m", "proxy"]
     proxy = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "proxy",
+        *entry,
         "serve",
         "--config",
         str(tmp / "config.yaml"),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **dict(kv.split("=", 1) for kv in args.proxy_env)},
+        env=env,
+        cwd=root,  # (`-m proxy` looks in the working directory first)
     )
     try:
         deadline = time.monotonic() + 60
@@ -203,12 +225,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ) as c:
             while (await c.get("/ready")).status_code != 200:  # noqa: ASYNC110 - polling a remote
                 await asyncio.sleep(0.1)
-            rss_start, fds_start = rss_kib(proxy.pid), open_fds(proxy.pid)
+            fds_start = open_fds(proxy.pid)
+            first_sample = {**memory(proxy.pid), "fds": fds_start, "requests_done": 0}
             outcomes: Counter[str] = Counter()
             faults: Counter[str] = Counter()
             latency: list[float] = []
             stop = asyncio.Event()
-            budget = [args.requests]
+            budget = [args.requests or 10**12]  # 0: until --minutes are over
             rng = random.Random(args.seed)
             t0 = time.monotonic()
             chaos_task = asyncio.create_task(
@@ -216,19 +239,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if args.faults
                 else stop.wait()
             )
-            samples: list[dict[str, float]] = []
+            samples: list[dict[str, Any]] = [{"t_s": 0.0, **first_sample}]
 
             async def sample() -> None:  # RSS and descriptors over time: a plateau is not a leak
+                next_probe = 0.0
                 while not stop.is_set():
+                    await asyncio.sleep(args.sample_s)
+                    t = round(time.monotonic() - t0, 1)
                     samples.append(
                         {
-                            "t_s": round(time.monotonic() - t0, 1),
-                            "rss_kib": rss_kib(proxy.pid),
+                            "t_s": t,
+                            **memory(proxy.pid),
                             "fds": open_fds(proxy.pid),
-                            "threads": threads(proxy.pid),
+                            "requests_done": sum(outcomes.values()),
                         }
                     )
-                    await asyncio.sleep(args.sample_s)
+                    if args.probe and t >= next_probe:
+                        proxy.send_signal(signal.SIGUSR2)
+                        next_probe = t + args.probe_s
 
             sampler = asyncio.create_task(sample())
             clients = [
@@ -242,8 +270,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*clients, chaos_task, sampler, return_exceptions=True)
             elapsed = time.monotonic() - t0
             await asyncio.sleep(5)  # let closes and restarts settle before measuring leftovers
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:  # a fresh pool
             status = (await c.get("/admin/status")).json()
             metrics = (await c.get("/metrics")).text
+            last_sample = {"t_s": round(time.monotonic() - t0, 1), **memory(proxy.pid)}
+            probes = []
+            if args.probe:
+                for sig, name in [(signal.SIGUSR2, "probe")] + (
+                    [(signal.SIGUSR1, "trim")] if args.trim_at_end else []
+                ):
+                    before = len(list(probe_dir.glob(f"{name}-*.json")))
+                    proxy.send_signal(sig)
+                    deadline = time.monotonic() + 30
+                    while len(list(probe_dir.glob(f"{name}-*.json"))) == before:
+                        if time.monotonic() > deadline:
+                            break
+                        await asyncio.sleep(0.2)
+                probes = [
+                    {"file": f.name, **json.loads(f.read_text())}
+                    for f in sorted(probe_dir.iterdir(), key=lambda f: f.stat().st_mtime)
+                ]
         switches = sum(
             float(line.split()[-1])
             for line in metrics.splitlines()
@@ -263,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     ]
                 except (httpx.HTTPError, ValueError, KeyError):  # down, dying or restarting
                     backends_running[name] = None
-        rss_end, fds_end = rss_kib(proxy.pid), open_fds(proxy.pid)
+        fds_end = open_fds(proxy.pid)
         ports = {int(u.rsplit(":", 1)[1]) for u in urls.values()}
         sockets_end = sockets_by_peer(proxy.pid, ports)
         ledger = json.loads((tmp / "ledger" / "soak.json").read_text())
@@ -272,6 +318,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host_cpus": os.cpu_count(),
             "proxy_env": args.proxy_env,
+            "backend_host": args.backend_host,
+            "proxy_root": str(args.proxy_root) if args.proxy_root else None,
+            "command": sys.argv[1:],
             "requests_sent": sent,
             "seconds": round(elapsed, 1),
             "requests_per_s": round(sent / elapsed, 1),
@@ -290,12 +339,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "proxy_fds_end": fds_end,
                 "proxy_sockets_end": sockets_end,
             },
-            "rss_kib": {
-                "start": rss_start,
-                "end": rss_end,
-                "growth_pct": round(100 * (rss_end - rss_start) / rss_start, 1),
-            },
-            "samples": samples,
+            "rss_kib": rss_summary(samples, last_sample, args.warmup_s),
+            "samples": [*samples, {**last_sample, "after_load": True}],
+            "probes": probes,
             "ledger": {
                 "oom_events": ledger["oom_events"],
                 "peak_used_gib": round(ledger["peak_used_bytes"] / 1024**3, 1),
@@ -308,13 +354,59 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         log.close()
 
 
+def rss_summary(
+    samples: list[dict[str, Any]], last: dict[str, Any], warmup_s: float
+) -> dict[str, Any]:
+    """RSS at the first sample (before load), after warm-up, at the end; growth and slope."""
+    first = samples[0]
+    warm = next((s for s in samples if s["t_s"] >= warmup_s), samples[-1])
+    loaded = [s for s in samples if s["t_s"] >= warm["t_s"]]
+    slope = None
+    if len(loaded) >= 3:  # least squares, KiB per minute
+        ts = [s["t_s"] / 60 for s in loaded]
+        ys = [s["rss_kib"] for s in loaded]
+        mt, my = sum(ts) / len(ts), sum(ys) / len(ys)
+        var = sum((t - mt) ** 2 for t in ts)
+        slope = (
+            round(sum((t - mt) * (y - my) for t, y in zip(ts, ys, strict=True)) / var, 1)
+            if var
+            else None
+        )
+    end = last["rss_kib"]
+    return {
+        "start": first["rss_kib"],
+        "after_warmup": warm["rss_kib"],
+        "warmup_s": warm["t_s"],
+        "end": end,
+        "growth_pct": round(100 * (end - first["rss_kib"]) / first["rss_kib"], 1),
+        "growth_after_warmup_pct": round(100 * (end - warm["rss_kib"]) / warm["rss_kib"], 1),
+        "slope_after_warmup_kib_per_min": slope,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--requests", type=int, default=20000, help="0: until --minutes are over")
     p.add_argument("--minutes", type=float, default=10)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--sample-s", type=float, default=15)
+    p.add_argument("--sample-s", type=float, default=10)
+    p.add_argument("--warmup-s", type=float, default=60, help="RSS growth is also from here")
+    p.add_argument(
+        "--backend-host",
+        default="127.0.0.1",
+        help="the host in the proxy's backend URLs (localhost: a name the proxy must resolve)",
+    )
+    p.add_argument(
+        "--proxy-root",
+        type=Path,
+        default=None,
+        help="run the proxy (and its emulators) from this tree's `proxy` package (A/B of commits)",
+    )
+    p.add_argument("--probe", action="store_true", help="run the proxy under bench/rss_probe.py")
+    p.add_argument("--probe-s", type=float, default=60, help="seconds between probes")
+    p.add_argument("--tracemalloc", action="store_true", help="with --probe: tracemalloc's diffs")
+    p.add_argument("--trim-at-end", action="store_true", help="with --probe: malloc_trim(0)")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument(
         "--log-level", default="warning", help="the proxy's (info: one line per request)"
