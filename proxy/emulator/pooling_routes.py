@@ -5,13 +5,17 @@
 embeddings, as vLLM scores with a bi-encoder). `--convert classify`: `/classify` and
 `/pooling`. Every input is its own engine request (one step, no text), so these routes queue
 and hang while the engine sleeps and are counted like generation. Vectors are deterministic
-hashes of the input's token ids, not a model's. No state.
+hashes of the input's token ids, not a model's; `encoding_format: "base64"` packs them as
+little-endian float32, and `dimensions` is refused (the emulated model is not a Matryoshka one).
+No state.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
+import struct
 import time
 from typing import Any
 
@@ -75,6 +79,11 @@ def _vector(ids: list[int]) -> list[float]:
     return [round((b - 128) / 128, 6) for b in digest]
 
 
+def _base64(vector: list[float]) -> str:
+    """vLLM's `encoding_format: "base64"`: little-endian float32, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
 def _cosine(a: list[float], b: list[float]) -> float:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
@@ -115,11 +124,20 @@ def _listing(prefix: str, served: str, data: list[dict[str, Any]], tokens: int) 
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     engine = engine_of(request)
     served = check_model(engine, body.model)
+    if body.dimensions is not None:  # the emulated checkpoint is not a Matryoshka model
+        raise VllmValidationError(
+            f'Model "{served}" does not support matryoshka representation, changing output '
+            "dimensions will lead to poor results."
+        )
     pooled = await _pool(request, engine, _items(body.input))
     if isinstance(pooled, Response):
         return pooled
     ids, vectors = pooled
-    data = [{"index": i, "object": "embedding", "embedding": v} for i, v in enumerate(vectors)]
+    encode = _base64 if body.encoding_format == "base64" else None
+    data = [
+        {"index": i, "object": "embedding", "embedding": encode(v) if encode else v}
+        for i, v in enumerate(vectors)
+    ]
     return _listing("embd", served, data, sum(map(len, ids)))
 
 

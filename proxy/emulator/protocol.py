@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -116,6 +116,8 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
 
 
 class ResponsesRequest(BaseModel):

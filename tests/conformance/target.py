@@ -1,8 +1,9 @@
 """What the conformance tests run against: the emulator (default) or a real vLLM 0.26 server.
 
-`Target` names the two servers (dev mode with Sleep Mode, and no dev mode with an API key);
-the `target` fixture of tests/conformance/conftest.py starts or finds them. `restore_awake` puts
-the dev-mode one back to fully awake whatever a test left it in."""
+`Target` names the two servers of the generate model (dev mode with Sleep Mode, and no dev mode
+with an API key); the `target` fixture of tests/conformance/conftest.py starts or finds them, and
+`pooling_target` / `tools_target` the embedding model and the generate model with automatic tool
+choice. `restore_awake` puts a dev-mode server back to fully awake whatever a test left it in."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import httpx
 
 API_KEY = os.environ.get("VLLM_SWITCH_TARGET_API_KEY", "sk-conformance")
+POOLING_MODEL = "tiny-embed"  # --runner pooling --convert embed --served-model-name tiny-embed
+TOOLS_MODEL = "tiny-tools"  # --enable-auto-tool-choice --tool-call-parser hermes
 
 
 @dataclass(frozen=True)
@@ -34,3 +37,8 @@ async def restore_awake(c: httpx.AsyncClient) -> None:
 
 def transcripts_path() -> Path:
     return Path(__file__).parent / "data" / "vllm026-transcripts.json"
+
+
+def routes_transcripts_path() -> Path:
+    """Recorded by bench/gpu/record_routes.py from real vLLM 0.26.0 (dev, pooling, tools)."""
+    return Path(__file__).parent / "data" / "vllm026-routes-h200.json"
