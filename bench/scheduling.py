@@ -30,6 +30,17 @@ delayed ACK (~40 ms); `--emu-nodelay` turns that off.
 
     python3 bench/scheduling.py --out bench/results/scheduling-YYYYMMDD-MACHINE.json
     python3 bench/scheduling.py --quick       # CI smoke: 1 s per run, k = 2 and 6
+
+On real vLLM (attach mode, bench/attach.py): `--backends NAME=URL,NAME=URL,NAME=URL` names three
+vLLM 0.26 servers already running (dev mode, `--enable-sleep-mode`, sized so that one fits
+awake), each NAME its served model name. No emulators start; each run's proxy attaches to them
+(the pipeline's names map onto the three in order) and reconciles them at start-up (at most one
+awake). Invariants 1 and 2 are emulator counters: null there (not measured), never 0.
+`--sleep-level 2` sets the models' `sleep_level`.
+
+    B=model-a=http://127.0.0.1:8101,model-b=http://127.0.0.1:8102,model-c=http://127.0.0.1:8103
+    python3 bench/scheduling.py --backends $B --only closed-k3,poisson-20,pipeline --clients 3
+        --rates 20 --duration 15 --policies fifo,default --out RESULT.json     # (one line)
 """
 
 from __future__ import annotations
@@ -58,15 +69,14 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.attach import three_backends  # noqa: E402
 from bench.processes import machine, version  # noqa: E402
+from bench.scheduling_backends import GPU_GIB, UTIL, Servers, counters, start_emulators  # noqa: E402
 from bench.scheduling_report import summarize, table, targets  # noqa: E402
-from proxy.emulator.launcher import EmulatorProcess, bootstrap_sequentially, emulator_argv  # noqa: E402
 from proxy.emulator.settings import Timings  # noqa: E402
 
-EMULATED = ("model-a", "model-b", "model-c")  # the emulators' served names
 PIPELINE = ("classify", "caption", "rerank")  # the pipeline's names for the same three
 POPULARITY = (0.7, 0.2, 0.1)
-GPU, GPU_GIB, UTIL = "sched", 80.0, 0.6  # 48 GiB awake each: one fits, two do not
 QUEUE_TIMEOUT_S = 60
 Done = tuple[str, float, float, bool, float]  # model, latency, queue wait, waited for a wake, end
 
@@ -147,36 +157,17 @@ class Load:
 
 
 # ----- processes -------------------------------------------------------------------------------
-def start_emulators(work: Path, args: argparse.Namespace) -> list[EmulatorProcess]:
-    """One after another, each put to sleep before the next starts; start-up is not measured."""
-    extra = ["--emu-nodelay"] if args.emu_nodelay else []
-    argv = {
-        name: emulator_argv(
-            name,
-            ledger_dir=work / "ledger",
-            gpu=GPU,
-            gpu_memory_gib=GPU_GIB,
-            util=UTIL,
-            weights_gib=args.weights_gib,
-            timing="h100",
-            startup_s=0,
-            extra=extra,
-        )
-        for name in EMULATED
-    }
-    return bootstrap_sequentially(work, list(argv.items()))
-
-
-def proxy_config(w: Workload, policy: str, urls: list[str], args: argparse.Namespace) -> Any:
+def proxy_config(w: Workload, policy: str, servers: Servers, args: argparse.Namespace) -> Any:
     scheduling = {"policy": policy, "max_wait_s": args.max_wait_s}
     scheduling["min_residency_s"] = args.min_residency_s
+    level = {} if args.sleep_level == 1 else {"sleep_level": args.sleep_level}  # 1: the default
     return {
         "host": "127.0.0.1",
         "port": 0,
         "gpus": [{"name": "g0", "max_awake": 1, "scheduling": scheduling}],
         "models": [
-            {"name": name, "served_name": served, "url": url, "gpu": "g0"}
-            for name, served, url in zip(w.models, EMULATED, urls, strict=True)
+            {"name": name, "served_name": served, "url": url, "gpu": "g0", **level}
+            for name, served, url in zip(w.models, servers.names, servers.urls, strict=True)
         ],
         "limits": {"queue_timeout_s": QUEUE_TIMEOUT_S},
         "logging": {"level": "warning"},
@@ -222,34 +213,10 @@ async def serving(work: Path, name: str, cfg: Any) -> AsyncIterator[str]:
 
 
 # ----- one run ---------------------------------------------------------------------------------
-async def counters(c: httpx.AsyncClient, urls: list[str], ledger: Path) -> dict[str, float]:
-    """The proxy's switch counters, its decisions by reason (`decision:REASON`), the emulators'
-    requests that reached a sleeping engine, and the fake GPU's failed wakes."""
-    out = dict.fromkeys(("switches", "switches_not_ok", "switching_s"), 0.0)
-    for line in (await c.get("/metrics")).text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, value = line.split("{", 1)[0], float(line.split()[-1])
-        if name == "vllm_switch_switches_total":
-            out["switches" if 'result="ok"' in line else "switches_not_ok"] += value
-        elif name == "vllm_switch_switching_seconds_total":
-            out["switching_s"] += value
-        elif name == "vllm_switch_decisions_total":
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            out[f"decision:{reason}"] = out.get(f"decision:{reason}", 0.0) + value
-    out["requests_queued_while_asleep"] = 0.0
-    for u in urls:
-        stats = (await c.get(f"{u}/_emulator/stats")).json()["stats"]
-        out["requests_queued_while_asleep"] += stats.get("requests_queued_while_asleep", 0)
-    out["oom_events"] = float(json.loads(await asyncio.to_thread(ledger.read_text))["oom_events"])
-    return out
-
-
 async def run_one(
-    w: Workload, policy: str, urls: list[str], work: Path, args: argparse.Namespace
+    w: Workload, policy: str, servers: Servers, work: Path, args: argparse.Namespace
 ) -> dict[str, Any]:
-    cfg = proxy_config(w, policy, urls, args)
-    ledger = work / "ledger" / f"{GPU}.json"
+    cfg = proxy_config(w, policy, servers, args)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=256, keepalive_expiry=4)
     async with (
         serving(work, f"proxy-{w.name}-{policy}", cfg) as url,
@@ -260,7 +227,7 @@ async def run_one(
             await warm.one(model)
         if warm.errors:
             raise RuntimeError(f"warm-up failed: {dict(warm.errors)}")
-        before = await counters(c, urls, ledger)
+        before = await counters(c, servers)
         s = Load(c, args.max_tokens, end=time.perf_counter() + args.duration)
         load: list[Coroutine[Any, Any, None]]
         if w.kind == "closed":
@@ -271,29 +238,29 @@ async def run_one(
             load = [s.poisson(w.models, w.rate, random.Random(args.seed))]
         tasks = [asyncio.create_task(coro) for coro in load]
         await asyncio.sleep(args.duration)
-        at_end = await counters(c, urls, ledger)
+        at_end = await counters(c, servers)
         _, late = await asyncio.wait(tasks, timeout=QUEUE_TIMEOUT_S + 10)
         if s.inflight:
             s.errors["unfinished_at_end"] += s.inflight
         for task in late:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
-        after = await counters(c, urls, ledger)
+        after = await counters(c, servers)
     return summarize(w, policy, cfg, s, args.duration, (before, at_end, after))
 
 
 # ----- report ----------------------------------------------------------------------------------
-async def run(args: argparse.Namespace, urls: list[str], work: Path) -> list[dict[str, Any]]:
+async def run(args: argparse.Namespace, servers: Servers, work: Path) -> list[dict[str, Any]]:
     me = asyncio.current_task()
     assert me is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, me.cancel)  # stop what we started
-    ws = [Workload(f"closed-k{k}", "closed", EMULATED, k) for k in args.clients]
-    ws += [Workload(f"poisson-{r:g}", "poisson", EMULATED, 0, r) for r in args.rates]
+    ws = [Workload(f"closed-k{k}", "closed", servers.names, k) for k in args.clients]
+    ws += [Workload(f"poisson-{r:g}", "poisson", servers.names, 0, r) for r in args.rates]
     ws += [Workload("pipeline", "pipeline", PIPELINE, args.pipelines)]
     rows = []
     for w in [w for w in ws if not args.only or w.name in args.only]:
         for policy in args.policies:  # back to back, a fresh proxy each
-            rows.append(r := await run_one(w, policy, urls, work, args))
+            rows.append(r := await run_one(w, policy, servers, work, args))
             line = f"{w.name} {policy}: {r['throughput_rps']} req/s, {r['errors']} errors"
             print(line, file=sys.stderr)  # noqa: T201
     return rows
@@ -328,6 +295,15 @@ def parse_args() -> argparse.Namespace:
         help="TCP_NODELAY in the emulators; off, as vLLM 0.26: a keep-alive connection that "
         "goes straight on to its next request then waits a delayed ACK (~40 ms) per answer",
     )
+    p.add_argument(
+        "--backends",
+        type=three_backends,
+        default=None,
+        metavar="NAME=URL,NAME=URL,NAME=URL",
+        help="attach to three vLLM servers already running (NAME: each one's served model name) "
+        "instead of starting emulators; the emulator-only invariants are then not measured",
+    )
+    p.add_argument("--sleep-level", type=int, choices=(1, 2), default=1, help="models' sleep_level")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="CI smoke: 1 s runs, k=2,6, waits 1/0.5 s")
     p.add_argument("--only", type=lambda v: v.split(","), default=None, help="e.g. poisson")
@@ -350,13 +326,19 @@ def main() -> None:
     # the proxy and the emulators run this tree's code, whatever is installed
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), os.getenv("PYTHONPATH"))))
     with tempfile.TemporaryDirectory(prefix="vllm-switch-scheduling-") as tmp:
-        emulators = start_emulators(Path(tmp), args)
+        emulators = [] if args.backends else start_emulators(Path(tmp), args)
         try:
-            rows = asyncio.run(run(args, [e.url for e in emulators], Path(tmp)))
+            servers = (
+                Servers.attached(args.backends)
+                if args.backends
+                else Servers.emulated(Path(tmp), emulators)
+            )
+            rows = asyncio.run(run(args, servers, Path(tmp)))
         finally:
-            for emu in emulators:
+            for emu in emulators:  # attached servers are not ours to stop
                 emu.stop()
     timings = dataclasses.replace(Timings.h100(args.weights_gib), startup_s=0)
+    emulator = {"gpu_memory_gib": GPU_GIB, "util": UTIL, "timings_s": vars(timings)}
     report: dict[str, Any] = {
         "benchmark": "scheduling",
         "date": time.strftime("%Y-%m-%d"),
@@ -370,7 +352,8 @@ def main() -> None:
             **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "popularity": POPULARITY,
             "queue_timeout_s": QUEUE_TIMEOUT_S,
-            "emulator": {"gpu_memory_gib": GPU_GIB, "util": UTIL, "timings_s": vars(timings)},
+            "backends": dict(args.backends) if args.backends else None,
+            "emulator": None if args.backends else emulator,
         },
         "wall_s": round(time.monotonic() - started, 1),
         "results": rows,
@@ -383,6 +366,8 @@ def main() -> None:
     for goal, t in report["targets"].items():
         verdict = {True: "met ", False: "MISS", None: "    "}[t["met"]]
         print(f"{verdict} {goal}: {t['value']}")  # noqa: T201
+    if args.backends:  # null, not 0: nothing read them
+        print("invariants 1 and 2: not measured (attached servers: no emulator counters)")  # noqa: T201
     print(f"{report['wall_s']} s; {out}")  # noqa: T201
     broken = [
         r

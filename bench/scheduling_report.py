@@ -72,7 +72,9 @@ def summarize(
         "errors": sum(s.errors.values()),
         "error_kinds": dict(s.errors),
         "invariants": {  # both stay 0: no wake into too little memory, none forwarded asleep
-            k: after[k] - before[k] for k in ("oom_events", "requests_queued_while_asleep")
+            # (None: not measured - attached servers have no emulator counters)
+            k: after[k] - before[k] if k in after else None
+            for k in ("oom_events", "requests_queued_while_asleep")
         },
         "per_model": {m: latency([d for d in s.done if d[0] == m]) for m in w.models},
         "config": cfg,

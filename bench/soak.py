@@ -16,6 +16,16 @@ first sample (taken when /ready answers, before any load) and from the first sam
 `--warmup-s` of load. `--probe` runs the proxy under `bench/rss_probe.py` and asks it every
 `--probe-s` for glibc's and pymalloc's counters and the gc objects by type (`--tracemalloc`: and
 tracemalloc's growth by line); `--trim-at-end` has it call malloc_trim(0) after the last probe.
+
+On real vLLM (attach mode, bench/attach.py): `--backends NAME=URL,...` names vLLM servers already
+running (dev mode, `--enable-sleep-mode`), each NAME its served model name; the proxy attaches
+to them as URL-only models (nothing supervised or restarted) with `--max-awake` (default 1 there,
+2 on the emulated GPU). Faults are emulator-only: `--no-faults` is implied and `--faults` is
+refused. The request accounting, leftovers and RSS samples stay; the emulator's engine states
+(`leftovers.backend_running`) and ledger are null (not measured).
+
+    B=model-a=http://127.0.0.1:8101,model-b=http://127.0.0.1:8102,model-c=http://127.0.0.1:8103
+    python3 bench/soak.py --backends $B --requests 0 --minutes 10 --out RESULT.json
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +44,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -42,99 +52,26 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runs from a checkout without an install
 
+from bench.attach import parse_backends  # noqa: E402
 from bench.rss_proc import memory  # noqa: E402
-from proxy.emulator.launcher import emulate_command, emulator_argv  # noqa: E402
-
-MODELS = ("model-a", "model-b", "model-c")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def sockets_by_peer(pid: int, backend_ports: set[int]) -> dict[str, int]:
-    """The process's TCP sockets: listening, to a backend, or other (clients), from /proc/net."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            link = os.readlink(fd)
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    kinds: Counter[str] = Counter()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[9] not in inodes:
-                continue
-            remote = int(cols[2].rsplit(":", 1)[1], 16)
-            state = (
-                "listening"
-                if cols[3] == "0A"
-                else "to_backend"
-                if remote in backend_ports
-                else "other"
-            )
-            kinds[state] += 1
-    return dict(kinds)
-
-
-def config(tmp: Path, log_level: str, backend_host: str) -> tuple[dict[str, Any], dict[str, str]]:
-    models, urls = [], {}
-    for name in MODELS:
-        port = free_port()
-        urls[name] = f"http://127.0.0.1:{port}"  # the emulators listen on 127.0.0.1
-        models.append(
-            {
-                "name": name,
-                "url": f"http://{backend_host}:{port}",  # the proxy's URL: localhost is a name
-                "gpu": "g0",
-                "log_file": str(tmp / f"{name}.log"),
-                "restart": {"backoff_s": 0.5, "max_restarts": 1000},
-                "command": emulate_command(
-                    emulator_argv(
-                        name,
-                        ledger_dir=tmp / "ledger",
-                        port=port,
-                        gpu="soak",
-                        gpu_memory_gib=80,
-                        util=0.45,
-                        timing="instant",
-                        startup_s=0.2,
-                        extra=["--emu-itl-s", "0.001", "--emu-wake-weights-l1-s", "0.02"],
-                    )
-                ),
-            }
-        )
-    cfg = {
-        "host": "127.0.0.1",
-        "port": 0,
-        "gpus": [{"name": "g0", "max_awake": 2}],
-        "models": models,
-        "logging": {"format": "json", "level": log_level},
-        "limits": {"queue_timeout_s": 30},
-    }
-    return cfg, urls
+from bench.soak_backends import attached_config, emulated_config, emulator_readings  # noqa: E402
+from bench.soak_proc import open_fds, sockets_by_peer  # noqa: E402
 
 
 async def client(
     c: httpx.AsyncClient,
+    models: tuple[str, ...],
     rng: random.Random,
     stop: asyncio.Event,
     budget: list[int],
     out: Counter[str],
     latency: list[float],
 ) -> None:
-    model = rng.choice(MODELS)
+    model = rng.choice(models)
     while not stop.is_set() and budget[0] > 0:
         budget[0] -= 1
         if rng.random() < 0.1:  # hop to another model now and then: switches, not constant thrash
-            model = rng.choice(MODELS)
+            model = rng.choice(models)
         body = {
             "model": model,
             "messages": [{"role": "user", "content": "hi"}],
@@ -177,7 +114,7 @@ async def chaos(
     async with httpx.AsyncClient(timeout=5) as c:
         while not stop.is_set():
             await asyncio.sleep(rng.uniform(2, 6))
-            name = rng.choice(MODELS)
+            name = rng.choice(list(urls))
             fault = {"add": ["wake_oom"]} if rng.random() < 0.5 else {"die": True}
             try:
                 await c.post(f"{urls[name]}/_emulator/faults", json=fault)
@@ -188,7 +125,12 @@ async def chaos(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="vllm-switch-soak-"))
-    cfg, urls = config(tmp, args.log_level, args.backend_host)
+    cfg, urls = (
+        attached_config(args.backends, args.max_awake, args.log_level)
+        if args.backends
+        else emulated_config(tmp, args.max_awake, args.log_level, args.backend_host)
+    )
+    models = tuple(urls)
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
     log = (tmp / "proxy.log").open("w")
     probe_dir = tmp / "probe"
@@ -261,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sampler = asyncio.create_task(sample())
             clients = [
                 asyncio.create_task(
-                    client(c, random.Random(rng.random()), stop, budget, outcomes, latency)
+                    client(c, models, random.Random(rng.random()), stop, budget, outcomes, latency)
                 )
                 for _ in range(args.concurrency)
             ]
@@ -300,19 +242,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for line in metrics.splitlines()
             if line.startswith("vllm_switch_restarts_total{")
         )
-        backends_running = {}
-        async with httpx.AsyncClient(timeout=5) as e:
-            for name, u in urls.items():
-                try:
-                    backends_running[name] = (await e.get(f"{u}/_emulator/stats")).json()["state"][
-                        "running"
-                    ]
-                except (httpx.HTTPError, ValueError, KeyError):  # down, dying or restarting
-                    backends_running[name] = None
+        ledger_path = None if args.backends else tmp / "ledger" / "soak.json"
+        backends_running, ledger = await emulator_readings(urls, ledger_path)
         fds_end = open_fds(proxy.pid)
-        ports = {int(u.rsplit(":", 1)[1]) for u in urls.values()}
+        ports = {
+            urlsplit(u).port or {"https": 443}.get(urlsplit(u).scheme, 80) for u in urls.values()
+        }
         sockets_end = sockets_by_peer(proxy.pid, ports)
-        ledger = json.loads((tmp / "ledger" / "soak.json").read_text())
         sent = sum(outcomes.values())
         return {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -320,6 +256,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "proxy_env": args.proxy_env,
             "backend_host": args.backend_host,
             "proxy_root": str(args.proxy_root) if args.proxy_root else None,
+            "backends": dict(args.backends) if args.backends else None,
+            "faults": args.faults,
             "command": sys.argv[1:],
             "requests_sent": sent,
             "seconds": round(elapsed, 1),
@@ -342,10 +280,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_kib": rss_summary(samples, last_sample, args.warmup_s),
             "samples": [*samples, {**last_sample, "after_load": True}],
             "probes": probes,
-            "ledger": {
-                "oom_events": ledger["oom_events"],
-                "peak_used_gib": round(ledger["peak_used_bytes"] / 1024**3, 1),
-            },
+            "ledger": ledger,
             "states_at_end": {m["name"]: m["state"] for m in status["models"]},
         }
     finally:
@@ -411,8 +346,20 @@ def main() -> None:
     p.add_argument(
         "--log-level", default="warning", help="the proxy's (info: one line per request)"
     )
+    p.add_argument("--faults", action="store_true", default=None, help="(the default)")
     p.add_argument(
         "--no-faults", dest="faults", action="store_false", help="no injected OOMs or deaths"
+    )
+    p.add_argument(
+        "--backends",
+        type=parse_backends,
+        default=None,
+        metavar="NAME=URL,...",
+        help="attach to vLLM servers already running (NAME: each one's served model name) "
+        "instead of supervising emulators; implies --no-faults",
+    )
+    p.add_argument(
+        "--max-awake", type=int, default=None, help="the GPU's max_awake (2; with --backends 1)"
     )
     p.add_argument(
         "--proxy-env",
@@ -422,6 +369,14 @@ def main() -> None:
         help="extra environment for the proxy process (e.g. MALLOC_ARENA_MAX=1)",
     )
     args = p.parse_args()
+    if args.backends and args.faults:
+        p.error(
+            "--faults needs emulators (they are injected through /_emulator/faults): "
+            "not with --backends"
+        )
+    args.faults = not args.backends if args.faults is None else args.faults
+    # the emulated GPU fits two awake (0.45 of 80 GiB each); real servers: assume one
+    args.max_awake = args.max_awake or (1 if args.backends else 2)
     report = asyncio.run(run(args))
     text = json.dumps(report, indent=1)
     if args.out:
