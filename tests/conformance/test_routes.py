@@ -1,7 +1,8 @@
 """Routes of a generate model beyond chat and completions, checked against the emulator and
 against real vLLM 0.26.0: the Anthropic Messages API (non-streaming, streaming, count_tokens,
-errors, queued while asleep) and the 404s of the pooling and audio routes, which vLLM
-registers only for pooling and ASR models."""
+errors, queued while asleep), the 404s of the pooling and audio routes, which vLLM
+registers only for pooling and ASR models, and the 404 of `/v1/models/{id}`, which vLLM does
+not register at all."""
 
 from __future__ import annotations
 
@@ -118,4 +119,11 @@ async def test_pooling_and_audio_routes_absent_on_a_generate_model(
     client: httpx.AsyncClient, path: str
 ) -> None:
     r = await client.post(path, json={"model": "tiny", "input": "x"})
+    assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+
+
+@pytest.mark.parametrize("model", ["tiny", "nope"])
+async def test_no_route_for_one_model(client: httpx.AsyncClient, model: str) -> None:
+    """vLLM 0.26.0 registers only `GET /v1/models` (the list), no `/v1/models/{id}`."""
+    r = await client.get(f"/v1/models/{model}")
     assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
