@@ -59,6 +59,7 @@ async def answer(c: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = r.json()
     assert out["object"] == "chat.completion"
     assert out["model"] == TOOLS_MODEL
+    choice: dict[str, Any]
     (choice,) = out["choices"]
     assert choice["index"] == 0
     assert choice["message"]["role"] == "assistant"
