@@ -258,6 +258,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "proxy_root": str(args.proxy_root) if args.proxy_root else None,
             "backends": dict(args.backends) if args.backends else None,
             "faults": args.faults,
+            "max_awake": args.max_awake,
             "command": sys.argv[1:],
             "requests_sent": sent,
             "seconds": round(elapsed, 1),

@@ -95,6 +95,7 @@ def test_soak_attached_time_bound(tmp_path: Path, servers: list[EmulatorProcess]
     report = run_bench("soak.py", tmp_path / "soak.json", *args, timeout_s=110)
     assert report["backends"] == {n: e.url for n, e in zip(NAMES, servers, strict=True)}
     assert report["faults"] is False
+    assert report["max_awake"] == 1  # attached: one awake unless told
     assert report["faults_injected"] == {}
     assert report["requests_sent"] > 0
     assert report["unanswered"] == 0
