@@ -5,6 +5,8 @@ Rules: the status must match; `content-type` and `allow` headers must match; err
 the same shape (same keys in the same order, same JSON types, recursively) and the same values
 except for ids, timestamps, generated text and tokenizer-dependent counts; SSE bodies must have
 the same number of events, each compared with the same JSON rules, ending in `[DONE]`.
+`diff_response_as` adds the looser checks of the routes recording (shape only, status only),
+for answers whose values or structure the random weights decide.
 """
 
 from __future__ import annotations
@@ -124,3 +126,77 @@ def diff_response(
     got_lines = set(body.splitlines())
     missing = [line for line in want_body.splitlines() if line and line not in got_lines]
     return out + [f"metrics line missing: {line}" for line in missing]
+
+
+# How the weight-dependent entries of the routes recording are compared (its "check" field):
+# "exact" is diff_response; "shape" compares JSON by keys, key order and types only (strings
+# and numbers of any value, lists by their first items, any length), SSE by its first and last
+# events; "status" compares the status and headers only (an answer whose very structure the
+# random weights decide, such as text or a tool call under tool_choice "auto").
+CHECKS = ("exact", "shape", "status")
+
+
+def diff_shape(want: Any, got: Any, path: str = "$") -> list[str]:
+    """Differences in structure only: keys in order and JSON types, recursively."""
+    if _kind(want) != _kind(got):
+        return [f"{path}: type {_kind(got)} != recorded {_kind(want)}"]
+    if isinstance(want, dict):
+        if list(want) != list(got):
+            return [f"{path}: keys {list(got)} != recorded {list(want)}"]
+        return [d for k in want for d in diff_shape(want[k], got[k], f"{path}.{k}")]
+    if isinstance(want, list) and want and got:
+        return diff_shape(want[0], got[0], f"{path}[0]")
+    return []
+
+
+def _sse_blocks(body: str) -> list[str]:
+    if not body.endswith("\n\n"):
+        raise ValueError(f"SSE body does not end with a blank line: {body[-40:]!r}")
+    return body.split("\n\n")[:-1]
+
+
+def _block_shape(want: str, got: str, where: str) -> list[str]:
+    """One SSE block: `event:` lines equal, `data:` JSON of the same shape ([DONE] equal)."""
+    w_lines, g_lines = want.split("\n"), got.split("\n")
+    if [line for line in w_lines if not line.startswith("data: ")] != [
+        line for line in g_lines if not line.startswith("data: ")
+    ]:
+        return [f"{where}: {got[:60]!r} != recorded {want[:60]!r}"]
+    w_data = [line[6:] for line in w_lines if line.startswith("data: ")]
+    g_data = [line[6:] for line in g_lines if line.startswith("data: ")]
+    if len(w_data) != len(g_data):
+        return [f"{where}: {len(g_data)} data lines != recorded {len(w_data)}"]
+    out = []
+    for w, g in zip(w_data, g_data, strict=True):
+        if "[DONE]" in (w, g):
+            out += [] if w == g else [f"{where}: {g[:60]!r} != recorded {w!r}"]
+        else:
+            out += diff_shape(json.loads(w), json.loads(g), where)
+    return out
+
+
+def diff_response_as(
+    check: str, recorded: dict[str, Any], status: int, headers: dict[str, str], body: str
+) -> list[str]:
+    """diff_response under an entry's `check` (see CHECKS); error answers are always exact."""
+    if check not in CHECKS:
+        raise ValueError(f"unknown check {check!r}; known: {CHECKS}")
+    if check == "exact" or recorded["status"] >= 400:
+        return diff_response(recorded, status, headers, body)
+    out = diff_response({**recorded, "body": ""}, status, headers, "")  # status and headers
+    if check == "status" or not recorded["body"]:
+        return out
+    content_type = recorded["headers"].get("content-type", "")
+    try:
+        if content_type.startswith("text/event-stream"):
+            want, got = _sse_blocks(recorded["body"]), _sse_blocks(body)
+            if not got:
+                return [*out, "empty SSE body"]
+            return [
+                *out,
+                *_block_shape(want[0], got[0], "first event"),
+                *_block_shape(want[-1], got[-1], "last event"),
+            ]
+        return out + diff_shape(json.loads(recorded["body"]), json.loads(body))
+    except ValueError as exc:  # json.JSONDecodeError included
+        return [*out, str(exc)]

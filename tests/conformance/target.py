@@ -40,5 +40,9 @@ def transcripts_path() -> Path:
 
 
 def routes_transcripts_path() -> Path:
-    """Recorded by bench/gpu/record_routes.py from real vLLM 0.26.0 (dev, pooling, tools)."""
-    return Path(__file__).parent / "data" / "vllm026-routes-h200.json"
+    """Recorded by bench/gpu/record_routes.py from real vLLM 0.26.0 (dev, pooling, tools);
+    `$VLLM_SWITCH_ROUTES_TRANSCRIPTS` replays another recording (e.g. one of the emulator's)."""
+    override = os.environ.get("VLLM_SWITCH_ROUTES_TRANSCRIPTS")
+    return (
+        Path(override) if override else Path(__file__).parent / "data" / "vllm026-routes-h200.json"
+    )

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from tests.conformance.compare import diff_json, diff_response, parse_sse
+from tests.conformance.compare import (
+    diff_json,
+    diff_response,
+    diff_response_as,
+    diff_shape,
+    parse_sse,
+)
 
 
 def _entry(status: int, body: str, content_type: str = "application/json") -> dict[str, object]:
@@ -53,3 +59,36 @@ def test_sse_event_count_and_framing_are_checked() -> None:
         != []
     )
     assert parse_sse(body) == ['{"a":1}', "[DONE]"]
+
+
+def test_shape_ignores_values_and_lengths_but_not_keys_or_types() -> None:
+    want = {"data": [{"index": 0, "embedding": [0.5, 0.25]}], "model": "m"}
+    assert diff_shape(want, {"data": [{"index": 3, "embedding": [1.0]}], "model": "x"}) == []
+    assert diff_shape(want, {"data": [{"embedding": [1.0], "index": 0}], "model": "m"}) != []
+    assert diff_shape(want, {"data": [{"index": "0", "embedding": []}], "model": "m"}) != []
+    assert diff_shape({"content": None}, {"content": "text"}) != []
+
+
+def test_checks_of_the_routes_recording() -> None:
+    ok = _entry(200, json.dumps({"score": 0.5}))
+    assert diff_response_as(
+        "shape", ok, 200, {"content-type": "application/json"}, '{"score": "1"}'
+    )
+    assert diff_response_as("shape", ok, 200, {"content-type": "application/json"}, '{"s": 1}')
+    assert not diff_response_as(
+        "shape", ok, 200, {"content-type": "application/json"}, '{"score": -0.1}'
+    )
+    assert not diff_response_as("status", ok, 200, {"content-type": "application/json"}, "{}")
+    assert diff_response_as("status", ok, 404, {"content-type": "application/json"}, "{}")
+    error = _entry(400, json.dumps({"error": {"message": "a"}}))
+    got = json.dumps({"error": {"message": "b"}})
+    assert diff_response_as("status", error, 400, {"content-type": "application/json"}, got)
+
+
+def test_shape_of_streams_compares_first_and_last_events() -> None:
+    want = 'event: a\ndata: {"x": 1}\n\nevent: b\ndata: {"y": 2}\n\n'
+    stream = _entry(200, want, "text/event-stream")
+    headers = {"content-type": "text/event-stream"}
+    same = 'event: a\ndata: {"x": 5}\n\nevent: m\ndata: {}\n\nevent: b\ndata: {"y": 0}\n\n'
+    assert not diff_response_as("shape", stream, 200, headers, same)
+    assert diff_response_as("shape", stream, 200, headers, 'event: a\ndata: {"x": 1}\n\n')
