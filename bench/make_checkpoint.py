@@ -4,7 +4,12 @@ For GPU hosts without hub access: vLLM loads it like any Hugging Face checkpoint
 `vocab_size` is set to the tokenizer's exact size, otherwise most sampled ids decode to nothing
 and every output is an empty string (which would make "same text after wake" checks vacuous).
 
-    python3 bench/make_checkpoint.py OUT_DIR [--shape qwen3-0.6b|qwen3-1.7b] [--vocab 4096]
+    python3 bench/make_checkpoint.py OUT_DIR [--shape qwen3-0.6b|...|llama-3.2-1b] [--vocab 4096]
+
+Shapes: Qwen3 0.6B / 1.7B / 4B and a ~2B one (Qwen3 architecture), and Llama 3.2 1B (Llama
+architecture: a second model family for the mixed pipeline). The vocabulary is the small
+tokenizer's (4096 by default), so the embedding is smaller than the published model's; the
+transformer layers have the published shapes.
 
 Needs torch, transformers and tokenizers (not dependencies of vllm-switch itself).
 """
@@ -20,6 +25,8 @@ SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, head_dim: Qwen3's published configs
     "qwen3-0.6b": (1024, 3072, 28, 16, 8, 128),
     "qwen3-1.7b": (2048, 6144, 28, 16, 8, 128),
+    "qwen3-4b": (2560, 9728, 36, 32, 8, 128),
+    "llama-3.2-1b": (2048, 8192, 16, 32, 8, 64),  # LlamaForCausalLM, see make_model
     # ~2.0 B parameters (4 GiB bf16): the size class of the seed's SmolVLM2-2.2B
     "2b": (2048, 8192, 32, 16, 8, 128),
 }
@@ -29,6 +36,7 @@ CHAT_TEMPLATE = (
     "{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
 _TEXT = (
     "the moon is a rock that circles earth light from sun makes it shine at night tides follow "
     "its pull people walked on it in nineteen sixty nine fun fact about space stars planets "
@@ -53,7 +61,7 @@ def corpus(seed: int = 0, n: int = 60000) -> list[str]:
     return lines
 
 
-def make_tokenizer(out: Path, vocab: int) -> int:
+def make_tokenizer(out: Path, vocab: int, specials: list[str] = SPECIALS) -> int:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +70,7 @@ def make_tokenizer(out: Path, vocab: int) -> int:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab,
-        special_tokens=SPECIALS,
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus(), trainer=trainer)
@@ -78,10 +86,11 @@ def make_tokenizer(out: Path, vocab: int) -> int:
 
 def make_model(out: Path, shape: str, vocab: int, eos_id: int, pad_id: int) -> None:
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     hidden, inter, layers, heads, kv_heads, head_dim = SHAPES[shape]
-    config = Qwen3Config(
+    llama = shape.startswith("llama")
+    config = (LlamaConfig if llama else Qwen3Config)(
         vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=inter,
@@ -91,7 +100,7 @@ def make_model(out: Path, shape: str, vocab: int, eos_id: int, pad_id: int) -> N
         head_dim=head_dim,
         max_position_embeddings=40960,
         tie_word_embeddings=True,
-        rope_theta=1000000.0,
+        rope_theta=500000.0 if llama else 1000000.0,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
         bos_token_id=None,
@@ -99,7 +108,7 @@ def make_model(out: Path, shape: str, vocab: int, eos_id: int, pad_id: int) -> N
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
-        model = Qwen3ForCausalLM(config).to(torch.bfloat16)
+        model = (LlamaForCausalLM if llama else Qwen3ForCausalLM)(config).to(torch.bfloat16)
     model.save_pretrained(out, safe_serialization=True)
     (out / "generation_config.json").write_text(
         json.dumps({"eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": False})
@@ -112,9 +121,16 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--tokenizer-only", action="store_true")
+    p.add_argument(
+        "--tool-tokens",
+        action="store_true",
+        help="also <tool_call> and </tool_call> as special tokens (vLLM's hermes tool parser "
+        "looks them up in the vocabulary)",
+    )
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    size = make_tokenizer(args.out, args.vocab)
+    specials = [*SPECIALS, *TOOL_TOKENS] if args.tool_tokens else SPECIALS
+    size = make_tokenizer(args.out, args.vocab, specials)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.out)
@@ -122,7 +138,9 @@ def main() -> None:
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
     if not args.tokenizer_only:
         make_model(args.out, args.shape, size, eos, pad)
-    print(json.dumps({"out": str(args.out), "shape": args.shape, "vocab": size, "eos": eos}))  # noqa: T201
+    made = json.dumps({"out": str(args.out), "shape": args.shape, "vocab": size, "eos": eos})
+    (args.out / "checkpoint.json").write_text(made + "\n")  # last: the checkpoint is complete
+    print(made)  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -6,14 +6,22 @@ off, one request at a time, fixed output length (ignore_eos, 32 tokens). Phases:
   reload     start `vllm serve` for the model, wait ready, prompt, stop - every turn
   bootstrap  start A, warm it, sleep it (pays the slow first sleep), start B, warm it
   raw        direct vLLM calls, no proxy: /sleep, /wake_up, 1-token warm-up, prompt
-  switch_l1  through vllm-switch, sleep level 1 + warm-up
+  raw_wf     direct, wake-first: /wake_up, warm-up, prompt, then /sleep the other (after the
+             answer, as the proxy does when both fit)
+  switch_l1  through vllm-switch, sleep level 1 + warm-up (sleep first: nothing declares that
+             both fit)
+  switch_wf  through vllm-switch, level 1, wake-first (the GPU's and models' memory declared)
   switch_l2  through vllm-switch, sleep level 2 (staged wake) + warm-up
   nowarmup   through vllm-switch without warm-up: first prompt after a wake vs. the next one
   stampede   32 concurrent first requests for the sleeping model (proxy counters before/after)
   ttft       switch-inclusive time to first token, streaming, to the sleeping model (10 samples)
+  ttft_wf    the same through the wake-first proxy
 
-`reload` needs the GPU to itself: run it in a separate invocation from the others. Results are
+`reload` needs the memory it starts with free: run it in a separate invocation from the others
+(with --attach, other servers may stay up beside it if their memory leaves room). Results are
 written to --out after every phase, so a run cut short still leaves what it measured.
+`--attach model-a=URL,model-b=URL` uses servers started elsewhere (same flags as this script's)
+instead of starting them; bootstrap then only warms and sleeps them.
 
     python3 bench/seed_experiment.py --model-a DIR_A --model-b DIR_B --out results.json \\
         [--phases bootstrap,raw,switch_l1,switch_l2,nowarmup,stampede,ttft] [--rounds 3]
@@ -22,24 +30,22 @@ written to --out after every phase, so a run cut short still leaves what it meas
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import seed_probes as probes
+from proxyproc import serving
+from seed_report import meta, summarize
 from servers import Server, ServerSpec, start
 
 PROMPTS = [
@@ -50,7 +56,37 @@ PROMPTS = [
     "Give me a fun fact about GPUs.",
     "Translate 'model switching' into French.",
 ]
-ALL_PHASES = ("bootstrap", "raw", "switch_l1", "switch_l2", "nowarmup", "stampede", "ttft")
+ALL_PHASES = (
+    "bootstrap",
+    "raw",
+    "raw_wf",
+    "switch_l1",
+    "switch_wf",
+    "switch_l2",
+    "nowarmup",
+    "stampede",
+    "ttft",
+    "ttft_wf",
+)
+PROXY_PHASES = {  # the proxy each phase runs through: (level, warm-up, wake-first)
+    "switch_l1": (1, True, False),
+    "stampede": (1, True, False),
+    "ttft": (1, True, False),
+    "switch_wf": (1, True, True),
+    "ttft_wf": (1, True, True),
+    "switch_l2": (2, True, False),
+    "nowarmup": (1, False, False),
+}
+
+
+@dataclass
+class Attached:
+    """A server started elsewhere (--attach): its URL; stopping it is its owner's business."""
+
+    url: str
+
+    def stop(self) -> float:
+        return 0.0
 
 
 def chat(model: str, prompt: str, tokens: int, *, stream: bool = False) -> dict[str, Any]:
@@ -74,7 +110,8 @@ class Bench:
         ]
         self.common = shlex.split(args.common)
         self.logdir = Path(args.logdir)
-        self.servers: dict[str, Server] = {}
+        self.servers: dict[str, Server | Attached] = {}
+        self.attach = dict(kv.split("=", 1) for kv in args.attach.split(",")) if args.attach else {}
         self.http = httpx.Client(timeout=600)
         self.out = Path(args.out)
         self.results: dict[str, Any] = json.loads(self.out.read_text()) if self.out.exists() else {}
@@ -124,17 +161,22 @@ class Bench:
             )
             self.results["reload"] = {"turns": turns, "total_s": sum(t["total_s"] for t in turns)}
             self.save()
-        return self.results["reload"]
+        return dict(self.results["reload"])
 
     def bootstrap(self) -> dict[str, Any]:
         """Start each model while the other sleeps; pay every one-time cost (compile, first
         prompt, the slow first sleep that allocates pinned host memory) here, not in a turn."""
         out: dict[str, Any] = {}
         for spec in self.specs:
-            server = self.servers[spec.name] = start(
-                spec, self.args.server, self.common, self.logdir
-            )
-            out[f"{spec.name}_start_s"] = server.wait_ready()
+            if spec.name in self.attach:
+                server: Server | Attached = Attached(self.attach[spec.name].rstrip("/"))
+                self.servers[spec.name] = server
+                if self.http.get(f"{server.url}/is_sleeping").json()["is_sleeping"]:
+                    self.http.post(f"{server.url}/wake_up").raise_for_status()
+            else:
+                started = start(spec, self.args.server, self.common, self.logdir)
+                self.servers[spec.name] = server = started
+                out[f"{spec.name}_start_s"] = started.wait_ready()
             out[f"{spec.name}_first_prompt_s"], _ = self.prompt(server.url, spec.name, "warm up")
             t0 = time.monotonic()
             self.http.post(
@@ -171,12 +213,54 @@ class Bench:
             awake = spec.name
         return {"turns": turns, "total_s": sum(t["total_s"] for t in turns)}
 
+    def raw_wf(self) -> dict[str, Any]:
+        """Wake-first by hand: the target wakes while the other is still awake; the other
+        sleeps after the answer (timed apart, not part of the turn)."""
+        turns = []
+        awake = "model-b"
+        for r, spec, prompt in self.turns():
+            cur, tgt = self.servers[awake].url, self.servers[spec.name].url
+            t0 = time.monotonic()
+            self.http.post(f"{tgt}/wake_up").raise_for_status()
+            t1 = time.monotonic()
+            self.prompt(tgt, spec.name, "Hi", 1)
+            t2 = time.monotonic()
+            prompt_s, _ = self.prompt(tgt, spec.name, prompt)
+            t3 = time.monotonic()
+            self.http.post(f"{cur}/sleep", params={"level": 1, "mode": "wait"}).raise_for_status()
+            turns.append(
+                {
+                    "round": r,
+                    "model": spec.name,
+                    "sleep_s": 0.0,
+                    "wake_s": t1 - t0,
+                    "warmup_s": t2 - t1,
+                    "prompt_s": prompt_s,
+                    "total_s": t3 - t0,
+                    "sleep_after_s": time.monotonic() - t3,
+                }
+            )
+            awake = spec.name
+        return {"turns": turns, "total_s": sum(t["total_s"] for t in turns)}
+
+    def memory(self, wake_first: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Declared memory (GiB) for a wake-first proxy: each model `util` of the GPU awake,
+        2 GiB asleep; the group the GPU less 10 %. Empty (sleep first) otherwise."""
+        if not wake_first:
+            return {}, {}
+        total = self.args.gpu_gib
+        models = {
+            s.name: {"memory_gib": s.util * total, "asleep_memory_gib": 2.0} for s in self.specs
+        }
+        return {"memory_gib": 0.9 * total}, models
+
     @contextlib.contextmanager
-    def proxy(self, level: int, warmup: bool) -> Iterator[str]:
+    def proxy(self, level: int, warmup: bool, wake_first: bool = False) -> Iterator[str]:
+        gpu, memory = self.memory(wake_first)
         config = {
             "host": "127.0.0.1",
             "port": 0,
-            "gpus": [{"name": "gpu0", "max_awake": 1}],
+            "gpus": [{"name": "gpu0", "max_awake": 1, **gpu}],
             "logging": {"format": "plain", "level": "warning"},
             "models": [
                 {
@@ -185,39 +269,14 @@ class Bench:
                     "gpu": "gpu0",
                     "sleep_level": level,
                     "warmup": {"enabled": warmup},
+                    **memory.get(s.name, {}),
                 }
                 for s in self.specs
             ],
         }
-        path = Path(f"/tmp/seed-bench-proxy-l{level}-{'w' if warmup else 'nw'}.yaml")
-        path.write_text(yaml.safe_dump(config))
-        log = path.with_suffix(".log")
-        with log.open(
-            "w"
-        ) as out:  # a file, not a pipe nobody drains (a full pipe stalls the proxy)
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy", "serve", "--config", str(path)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-                start_new_session=True,
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while "listening on" not in (first := log.read_text().split("\n", 1)[0]):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"proxy did not start: {log.read_text()}")
-                time.sleep(0.05)
-            url = first.split()[-1]
-            deadline = time.monotonic() + 60
-            while self.http.get(f"{url}/ready").status_code != 200:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("proxy not ready")
-                time.sleep(0.1)
+        name = f"l{level}-{'w' if warmup else 'nw'}{'-wf' if wake_first else ''}"
+        with serving(config, self.logdir / f"proxy-{name}.yaml") as url:
             yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
     def through_proxy(self, url: str, *, prime: bool = True) -> dict[str, Any]:
         if prime:  # two untimed alternations: every model slept and woken the configured way first
@@ -264,75 +323,26 @@ class Bench:
             )
         return {"turns": turns}
 
-    def counters(self, url: str) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(self.http.get(f"{url}/metrics").text):
-            for s in fam.samples:
-                if s.name in (
-                    "vllm_switch_switches_total",
-                    "vllm_switch_wake_seconds_count",
-                    "vllm_switch_warmup_seconds_count",
-                ):
-                    out[s.name] = out.get(s.name, 0.0) + s.value
-        return out
+    def stampede(self, url: str) -> dict[str, Any]:
+        return probes.stampede(self.http, url, chat, self.tokens)
 
-    def asleep(self, url: str) -> str:
-        models = self.http.get(f"{url}/admin/status").json()["models"]
-        return str(next(m["name"] for m in models if m["state"] == "asleep"))
+    def ttft(self, url: str) -> dict[str, Any]:
+        return probes.ttft(self.http, url, chat, self.tokens, PROMPTS)
 
-    def stampede(self, url: str, n: int = 32) -> dict[str, Any]:
-        before = self.counters(url)
-        target = self.asleep(url)
-
-        async def fire() -> list[int]:
-            async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=n)) as c:
-                rs = await asyncio.gather(
-                    *(
-                        c.post(
-                            f"{url}/v1/chat/completions", json=chat(target, "stampede", self.tokens)
-                        )
-                        for _ in range(n)
-                    )
-                )
-            return [r.status_code for r in rs]
-
-        t0 = time.monotonic()
-        statuses = asyncio.run(fire())
-        after = self.counters(url)
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-        return {
-            "target": target,
-            "requests": n,
-            "statuses": statuses,
-            "seconds": time.monotonic() - t0,
-            "switches": delta.get("vllm_switch_switches_total"),
-            "wakes": delta.get("vllm_switch_wake_seconds_count"),
-            "warmups": delta.get("vllm_switch_warmup_seconds_count"),
-        }
-
-    def ttft(self, url: str, samples: int = 10) -> dict[str, Any]:
-        out = []
-        for i in range(samples):
-            target = self.asleep(url)
-            t0 = time.monotonic()
-            with self.http.stream(
-                "POST",
-                f"{url}/v1/chat/completions",
-                json=chat(target, PROMPTS[i % len(PROMPTS)], self.tokens, stream=True),
-            ) as r:
-                first = None
-                for line in r.iter_lines():
-                    if first is None and '"content":"' in line and '"content":""' not in line:
-                        first = time.monotonic() - t0
-            out.append(
-                {
-                    "model": target,
-                    "ttft_s": first,
-                    "wake_s": float(r.headers["x-vllm-switch-wake-ms"]) / 1000,
-                    "sleep_s": float(r.headers["x-vllm-switch-sleep-ms"]) / 1000,
-                }
-            )
-        return {"samples": out, "p50_s": statistics.median(s["ttft_s"] for s in out)}
+    def phase(self, name: str, url: str | None = None) -> None:
+        """Run one phase and save; a phase that fails is recorded and the next ones still run."""
+        try:
+            if url is None:
+                self.results[name] = getattr(self, name)()
+            elif name.startswith("switch"):
+                self.results[name] = self.through_proxy(url)
+            elif name.startswith("ttft"):
+                self.results[name] = self.ttft(url)
+            else:
+                self.results[name] = getattr(self, name)(url)
+        except Exception as exc:  # noqa: BLE001 - recorded; the other phases still run
+            self.results.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"
+        self.save()
 
     def run(self, phases: list[str]) -> None:
         try:
@@ -341,103 +351,19 @@ class Bench:
             if set(phases) & set(ALL_PHASES):
                 self.results["bootstrap"] = self.bootstrap()
                 self.save()
-            for name in ("raw",):
+            for name in ("raw", "raw_wf"):
                 if name in phases:
-                    self.results[name] = self.raw()
-                    self.save()
-            if "switch_l1" in phases or "stampede" in phases or "ttft" in phases:
-                with self.proxy(1, True) as url:
-                    if "switch_l1" in phases:
-                        self.results["switch_l1"] = self.through_proxy(url)
-                        self.save()
-                    if "stampede" in phases:
-                        self.results["stampede"] = self.stampede(url)
-                        self.save()
-                    if "ttft" in phases:
-                        self.results["ttft"] = self.ttft(url)
-                        self.save()
-            if "switch_l2" in phases:
-                with self.proxy(2, True) as url:
-                    self.results["switch_l2"] = self.through_proxy(url)
-                    self.save()
-            if "nowarmup" in phases:
-                with self.proxy(1, False) as url:
-                    self.results["nowarmup"] = self.nowarmup(url)
-                    self.save()
+                    self.phase(name)
+            for setup in dict.fromkeys(PROXY_PHASES.values()):  # each proxy once, in order
+                todo = [n for n, s in PROXY_PHASES.items() if s == setup and n in phases]
+                if todo:
+                    with self.proxy(*setup) as url:
+                        for name in todo:
+                            self.phase(name, url)
         finally:
             for server in self.servers.values():
                 server.stop()
             self.save()
-
-
-def meta(args: argparse.Namespace) -> dict[str, Any]:
-    def run(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(
-                cmd, capture_output=True, text=True, timeout=30, check=False
-            ).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": platform.node(),
-        "python": platform.python_version(),
-        "gpu": run(
-            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]
-        )
-        or "none (emulated)",
-        "vllm": run([sys.executable, "-c", "import vllm; print(vllm.__version__)"])
-        or "not importable",
-        "server": args.server,
-        "common_flags": args.common,
-        "tokens": args.tokens,
-        "rounds": args.rounds,
-        "models": {
-            "model-a": {"path": args.model_a, "util": args.util_a, "extra": args.extra_a},
-            "model-b": {"path": args.model_b, "util": args.util_b, "extra": args.extra_b},
-        },
-    }
-
-
-def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    s: dict[str, Any] = {}
-    for name in ("reload", "raw", "switch_l1", "switch_l2"):
-        if name in results:
-            s[f"{name}_total_s"] = results[name]["total_s"]
-    if "reload" in results and "switch_l1" in results:
-        per_reload = results["reload"]["total_s"] / len(results["reload"]["turns"])
-        per_switch = results["switch_l1"]["total_s"] / len(results["switch_l1"]["turns"])
-        s["reload_over_switch_l1_per_turn"] = per_reload / per_switch
-    for name in ("switch_l1", "switch_l2"):
-        if (
-            name in results
-            and "reload" in results
-            and len(results["reload"]["turns"]) == len(results[name]["turns"])
-        ):
-            s[f"reload_over_{name}"] = results["reload"]["total_s"] / results[name]["total_s"]
-    if "switch_l1" in results and "raw" in results:
-        sw = [t["sleep_s"] + t["wake_s"] + t["warmup_s"] for t in results["switch_l1"]["turns"]]
-        raw = [t["sleep_s"] + t["wake_s"] + t["warmup_s"] for t in results["raw"]["turns"]]
-        s["switch_over_raw"] = sum(sw) / sum(raw)
-        s["switch_l1_median_s"] = statistics.median(sw)
-        s["raw_median_s"] = statistics.median(raw)
-    if "nowarmup" in results:
-        t = results["nowarmup"]["turns"]
-        s["first_over_steady_prompt"] = statistics.median(
-            x["first_prompt_s"] for x in t
-        ) / statistics.median(x["steady_prompt_s"] for x in t)
-    if "ttft" in results:
-        s["ttft_p50_s"] = results["ttft"]["p50_s"]
-    if "stampede" in results:
-        st = results["stampede"]
-        s["stampede"] = {
-            "all_ok": all(c == 200 for c in st["statuses"]),
-            "switches": st["switches"],
-            "wakes": st["wakes"],
-            "warmups": st["warmups"],
-        }
-    return s
 
 
 def main() -> None:
@@ -459,6 +385,10 @@ def main() -> None:
     )
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--logdir", default="/tmp/seed-bench-logs")
+    p.add_argument(
+        "--attach", default="", help="model-a=URL,model-b=URL: servers started elsewhere"
+    )
+    p.add_argument("--gpu-gib", type=float, default=80.0, help="for the wake-first declaration")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     Bench(args).run(args.phases.split(","))

@@ -27,6 +27,7 @@ class ServerSpec:
     model: str  # path or hub name
     util: float
     extra: list[str] = field(default_factory=list)
+    served: tuple[str, ...] = ()  # --served-model-name; default: (name,)
 
 
 @dataclass
@@ -69,14 +70,14 @@ class Server:
         return time.monotonic() - t0
 
 
-def start(spec: ServerSpec, server_cmd: str, common: list[str], logdir: Path) -> Server:
-    port = free_port()
-    argv = [
+def server_argv(spec: ServerSpec, server_cmd: str, common: list[str], port: int) -> list[str]:
+    """The command line of one server (also a supervised model's `command` in a proxy config)."""
+    return [
         *shlex.split(server_cmd),
         "--model",
         spec.model,
         "--served-model-name",
-        spec.name,
+        *(spec.served or (spec.name,)),
         "--host",
         "127.0.0.1",
         "--port",
@@ -86,9 +87,26 @@ def start(spec: ServerSpec, server_cmd: str, common: list[str], logdir: Path) ->
         *common,
         *spec.extra,
     ]
+
+
+def start(
+    spec: ServerSpec,
+    server_cmd: str,
+    common: list[str],
+    logdir: Path,
+    *,
+    port: int | None = None,
+    dev_mode: bool = True,
+) -> Server:
+    """Start one server in its own session (stopped by `Server.stop`, by its group's id)."""
+    port = port or free_port()
+    argv = server_argv(spec, server_cmd, common, port)
     logdir.mkdir(parents=True, exist_ok=True)
     log = logdir / f"{spec.name}-{port}.log"
-    env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}
+    env = dict(os.environ)
+    env.pop("VLLM_SERVER_DEV_MODE", None)
+    if dev_mode:
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
