@@ -124,18 +124,13 @@ class Run:
 
     # ----- stages -----------------------------------------------------------------------------
     def checkpoints(self) -> int:
-        """Made here unless there; under a lock per checkpoint, so that one begun earlier in
-        the background (bench/gpu/lease.sh part 1) is waited for, not made twice."""
+        """make_checkpoint.py locks each one: one begun earlier in the background (bench/gpu/
+        lease.sh part 1) is waited for, and found made, not made twice."""
         procs = []
         for key, shape in SHAPES.items():
-            path = Path(self.paths[key])
-            make = [sys.executable, "bench/make_checkpoint.py", str(path), "--shape", shape]
-            make += ["--tool-tokens"] if key == TOOLS_KEY else []
-            unless_made = (
-                f"[ -f {shlex.quote(str(path))}/checkpoint.json ] || exec {shlex.join(make)}"
-            )
+            argv = [sys.executable, "bench/make_checkpoint.py", self.paths[key], "--shape", shape]
+            argv += ["--tool-tokens"] if key == TOOLS_KEY else []
             log = (self.out / f"checkpoint-{key}.log").open("w")
-            argv = ["flock", f"{path}.lock", "sh", "-c", unless_made]
             procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         return max([p.wait(timeout=max(5, self.left())) for p in procs], default=0)
 

@@ -17,6 +17,7 @@ Needs torch, transformers and tokenizers (not dependencies of vllm-switch itself
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import random
 from pathlib import Path
@@ -116,6 +117,8 @@ def make_model(out: Path, shape: str, vocab: int, eos_id: int, pad_id: int) -> N
 
 
 def main() -> None:
+    """Under an exclusive lock on OUT.lock: a second invocation for the same OUT (one begun in
+    the background earlier) waits for the first and then finds the checkpoint made."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
@@ -128,6 +131,16 @@ def main() -> None:
         "looks them up in the vocabulary)",
     )
     args = p.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{args.out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (args.out / "checkpoint.json").exists():
+            print((args.out / "checkpoint.json").read_text().strip())  # noqa: T201
+            return
+        make(args)
+
+
+def make(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     specials = [*SPECIALS, *TOOL_TOKENS] if args.tool_tokens else SPECIALS
     size = make_tokenizer(args.out, args.vocab, specials)

@@ -14,7 +14,8 @@
 # at most 54 MB so that each travels with the working tree under the 64 MiB limit (see
 # docs/benchmarks.md, "Running the GPU evidence").
 set -uo pipefail
-export PYTHONPATH=$HOME/site:$HOME/extra:/tmp/proj HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
+run=/tmp/run  # the copy of the tree the evidence runs from (the working tree is replaced per call)
+export PYTHONPATH=$HOME/site:$HOME/extra:$run HF_HUB_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export MODELS_DIR=/tmp/models
 ev=/tmp/ev
@@ -22,17 +23,18 @@ case "${1:?usage: lease.sh part N | install | launch SECS | wait SECS}" in
   part)
     mkdir -p ~/stage && cp -r ".gpu/b/p$2/." ~/stage/ && ls -la ~/stage | tail -3
     if [ "$2" = 1 ]; then
-      rm -rf /tmp/proj && cp -r . /tmp/proj && rm -rf /tmp/proj/.gpu && mkdir -p /tmp/models
+      rm -rf /tmp/ck-src && mkdir -p /tmp/ck-src /tmp/models && cp bench/make_checkpoint.py /tmp/ck-src/
       nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
-      (cd /tmp/proj && for s in qwen3-0.6b llama-3.2-1b qwen3-4b tools; do
+      (cd /tmp/ck-src && for s in qwen3-0.6b llama-3.2-1b qwen3-4b tools; do
         if [ "$s" = tools ]; then a=(--shape qwen3-0.6b --tool-tokens); else a=(--shape "$s"); fi
-        setsid flock "/tmp/models/ev-$s.lock" python3 bench/make_checkpoint.py "/tmp/models/ev-$s" \
+        setsid python3 make_checkpoint.py "/tmp/models/ev-$s" \
           "${a[@]}" > "/tmp/models/ev-$s.log" 2>&1 < /dev/null &
       done)
       echo "checkpoints started"
     fi
     ;;
   install)
+    rm -rf "$run" && cp -r . "$run" && rm -rf "$run/.gpu"  # for the import check below
     cp -r .gpu/b/p4/. ~/stage/ && mkdir -p ~/extra
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target ~/extra ~/stage/extra/*.whl || exit 1
@@ -41,9 +43,8 @@ case "${1:?usage: lease.sh part N | install | launch SECS | wait SECS}" in
     tail -3 /tmp/models/*.log
     ;;
   launch)
-    rm -rf /tmp/proj && cp -r . /tmp/proj && rm -rf /tmp/proj/.gpu
-    rm -rf "$ev" && mkdir -p "$ev"
-    (cd /tmp/proj && setsid python3 bench/evidence.py "$ev" --deadline-s "${2:?}" > "$ev/evidence.log" 2>&1 < /dev/null &)
+    rm -rf "$run" "$ev" && mkdir -p "$ev" && cp -r . "$run" && rm -rf "$run/.gpu"
+    (cd "$run" && setsid python3 bench/evidence.py "$ev" --deadline-s "${2:?}" > "$ev/evidence.log" 2>&1 < /dev/null &)
     echo "launched"
     ;;
   wait)
