@@ -12,7 +12,7 @@ parent), it starts wrong or not at all. So:
      two reads `settle_s` apart differ by less than SETTLED_GIB; without NVML: `settle_s` more.
 
 Both bounded by `limit_s`: past it a warning is logged and the caller goes on (vLLM's own
-start-up check is the last word). Stateless.
+start-up check is the last word), told that the memory may not be released. Stateless.
 """
 
 from __future__ import annotations
@@ -50,18 +50,19 @@ async def wait_released(
     *,
     settle_s: float,
     limit_s: float,
-) -> float:
-    """Wait until `name`'s processes are gone and the GPU's free memory settled; seconds taken."""
+) -> tuple[float, bool]:
+    """Wait until `name`'s processes are gone and the GPU's free memory settled: seconds taken,
+    and whether that happened (False: the wait gave up at `limit_s`)."""
     began = clock.monotonic()
     deadline = began + limit_s
     known = set(pids)
     if not known:  # nothing was seen to run (a test's fake process): nothing to wait for
-        return 0.0
+        return 0.0, True
     while (left := _alive(known)) and clock.monotonic() < deadline:  # noqa: ASYNC110 - not our children
         await asyncio.sleep(POLL_S)
     if left:
         log.warning("%s: pids %s still run %.0fs after its stop", name, left, limit_s)
-        return clock.monotonic() - began
+        return clock.monotonic() - began, False
     before = memory.free_gib() if memory is not None else None
     while settle_s > 0 and clock.monotonic() < deadline:
         await asyncio.sleep(settle_s)
@@ -77,4 +78,5 @@ async def wait_released(
     else:
         if settle_s > 0:
             log.warning("%s: GPU memory still being released after %.0fs", name, limit_s)
-    return clock.monotonic() - began
+            return clock.monotonic() - began, False
+    return clock.monotonic() - began, True

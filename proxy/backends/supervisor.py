@@ -260,7 +260,7 @@ class Supervisor:
 
     async def _released(self, backend: Backend, pids: set[int]) -> None:
         cfg = backend.config.restart
-        took = await wait_released(
+        took, released = await wait_released(
             backend.name,
             pids,
             self.memory_of(backend),
@@ -268,7 +268,14 @@ class Supervisor:
             settle_s=cfg.release_settle_s,
             limit_s=cfg.release_s,
         )
-        log.info("%s: its GPU memory is released (%.1fs after its exit)", backend.name, took)
+        if released:
+            log.info("%s: its GPU memory is released (%.1fs after its exit)", backend.name, took)
+        else:  # wait_released said what is left; going on is vLLM's start-up check's call
+            log.warning(
+                "%s: going on %.1fs after its exit, its memory maybe not released",
+                backend.name,
+                took,
+            )
 
     def _forget(self, backend: Backend, proc: Process) -> None:
         """Its process is gone: its record too (never a newer process's: only while `proc` is
@@ -295,6 +302,8 @@ class Supervisor:
         # all bookkeeping first, with no await between the exit and its report: the record,
         # the crash history and the backoff; the memory release is waited for by whatever
         # starts or wakes next on the GPU (`settled`), not here - the report must not wait
+        if isinstance(proc, AdoptedProcess) and (left := proc.end_leftovers()):
+            log.warning("%s: SIGKILLed what it left running (pids %s)", backend.name, left)
         self._forget(backend, proc)
         now = self._clock.monotonic()
         crashes = self._crashes[backend.name]

@@ -154,6 +154,42 @@ async def test_a_vllm_started_by_hand_is_adopted_and_a_stranger_refused(tmp_path
         p.wait(10)
 
 
+async def test_an_adopted_backends_leftovers_are_killed_when_it_dies(tmp_path: Path) -> None:
+    """vLLM 0.26's engine core outlives a SIGKILLed API server and keeps its GPU memory (seen
+    on the H200): no reaper is behind an adopted backend, so the proxy ends what it left."""
+    a = supervised("model-a", tmp_path)
+    path = write_config(tmp_path, [{**a, "restart": {"release_s": 30, "release_settle_s": 0}}])
+    # by hand, as vLLM runs: the API server (the emulator, by exec) with a child that lives on
+    engine = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])"
+    launcher = (
+        f"{engine}; import os; os.execv(sys.executable, {[sys.executable, *a['command'][1:]]!r})"
+    )
+    by_hand = by_hand_in([sys.executable, "-c", launcher], tmp_path)
+    with ended([by_hand.pid]):
+        await ready_backend(a["url"])
+        (child,) = psutil.Process(by_hand.pid).children()
+        with launched(["serve", "--config", str(path)], "vllm-switch listening on") as (_, url):
+            assert model_of(await ready(url, 30), "model-a")["process"]["adopted"] is True
+            os.kill(by_hand.pid, signal.SIGKILL)  # the API server alone, by the PID we started
+            by_hand.wait(10)
+            await until(
+                lambda: not psutil.pid_exists(child.pid) or child.status() == "zombie",
+                10,
+                "the engine it left was ended",
+            )
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                answers: list[str] = []
+                r = await c.post("/v1/chat/completions", json=chat("model-a"))
+                while r.status_code == 503 and len(answers) < 20:  # within the restart backoff
+                    answers.append(r.text)
+                    await asyncio.sleep(float(r.headers.get("retry-after", "1")))  # as it says
+                    r = await c.post("/v1/chat/completions", json=chat("model-a"))
+                assert r.status_code == 200, (answers, r.text)  # restarted, under a reaper
+            restarted = model_of(await ready(url, 30), "model-a")["process"]
+            assert restarted["adopted"] is False
+            assert restarted["restarts"] == 1
+
+
 def by_hand_in(argv: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     """An emulator started like an operator would by hand (its own session: killed by group)."""
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"}  # as docs/deploy.md says to
@@ -194,15 +230,19 @@ async def test_the_release_wait_waits_for_the_pids_then_for_free_memory_to_settl
     assert memory.reads == 0
     child.kill()
     await child.wait()
-    await asyncio.wait_for(waiting, 10)
+    _, released = await asyncio.wait_for(waiting, 10)
+    assert released is True
     assert memory.reads == 5, "read until two reads in a row were within 0.25 GiB"
 
 
 async def test_the_release_wait_is_bounded() -> None:
     child = await sleeper()
     try:
-        took = await wait_released("m", {child.pid}, None, SystemClock(), settle_s=0, limit_s=0.2)
+        took, released = await wait_released(
+            "m", {child.pid}, None, SystemClock(), settle_s=0, limit_s=0.2
+        )
         assert 0.2 <= took < 5
+        assert released is False, "the wait gave up: the caller must not be told it is released"
         assert child.returncode is None
     finally:
         child.kill()
