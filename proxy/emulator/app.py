@@ -48,15 +48,24 @@ _FAULTS = frozenset({"wake_oom", "hang_sleep", "hang_wake", "die_on_request"})
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc)
+    """The loc as vLLM 0.26 names the param: without a union member's validator tag."""
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-wrap["))
+
+
+def _error_param(error: Any) -> str | None:
+    """A VLLMValidationError raised by a validator names its parameter; else the loc does."""
+    if not isinstance(error, dict):
+        return None
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, VllmValidationError) and cause.param is not None:
+        return cause.param
+    return _clean_loc(tuple(error["loc"])) if error.get("loc") else None
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    param = None
-    if errors and isinstance(errors[0], dict) and errors[0].get("loc"):
-        param = _clean_loc(tuple(errors[0]["loc"]))
+    param = _error_param(errors[0]) if errors else None
     label = "error" if len(errors) == 1 else "errors"
     message = (
         f"{len(errors)} validation {label}:\n" + "".join(f"  {e}\n" for e in errors)
@@ -82,7 +91,8 @@ async def _vllm_validation(_: Request, exc: Exception) -> Response:
 
 
 async def _not_found(_: Request, exc: Exception) -> Response:
-    return JSONResponse(error_body(str(exc), "NotFoundError", 404, "model"), status_code=404)
+    assert isinstance(exc, ModelNotFoundError)
+    return JSONResponse(error_body(str(exc), "NotFoundError", 404, exc.param), status_code=404)
 
 
 async def _internal(_: Request, exc: Exception) -> Response:

@@ -21,8 +21,12 @@ SSE_MEDIA_TYPE = "text/event-stream"
 
 
 class ModelNotFoundError(Exception):
-    def __init__(self, model: str) -> None:
+    """An unknown model: 404 NotFoundError; `param` is "model" on the generation routes and
+    null on the pooling ones (vLLM 0.26's pooling serving layer names no parameter)."""
+
+    def __init__(self, model: str, param: str | None = "model") -> None:
         super().__init__(f"The model `{model}` does not exist.")
+        self.param = param
 
 
 async def validate_json_request(raw_request: Request) -> None:
@@ -38,11 +42,11 @@ def engine_of(request: Request) -> Engine:
     return engine
 
 
-def check_model(engine: Engine, model: str | None) -> str:
+def check_model(engine: Engine, model: str | None, *, param: str | None = "model") -> str:
     """The name responses carry (always the first served name); unknown names are a 404."""
     names = engine.settings.served_model_names
     if model and model not in names:
-        raise ModelNotFoundError(model)
+        raise ModelNotFoundError(model, param)
     return names[0]
 
 

@@ -193,6 +193,8 @@ async def create_messages(body: MessagesRequest, request: Request) -> Response:
         usage = {"input_tokens": len(prompt), "output_tokens": 0}
         message: dict[str, Any] = {
             "id": renderer.id,
+            "type": "message",
+            "role": "assistant",
             "content": [],
             "model": served,
             "stop_reason": None,

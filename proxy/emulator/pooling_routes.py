@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict
 from proxy.emulator.engine import Engine, EngineDeadError
 from proxy.emulator.fanout import collect, submit
 from proxy.emulator.frontend import check_model, dead_response, engine_of, validate_json_request
-from proxy.emulator.protocol import EmbeddingRequest, VllmValidationError, new_id, usage
+from proxy.emulator.protocol import (
+    EmbeddingChatRequest,
+    EmbeddingRequest,
+    VllmValidationError,
+    new_id,
+    usage,
+)
 
 LABELS = ("LABEL_0", "LABEL_1")
 
@@ -123,13 +129,17 @@ def _listing(prefix: str, served: str, data: list[dict[str, Any]], tokens: int) 
 @embed_router.post("/v1/embeddings")
 async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = check_model(engine, body.model)
+    served = check_model(engine, body.model, param=None)
     if body.dimensions is not None:  # the emulated checkpoint is not a Matryoshka model
         raise VllmValidationError(
-            f'Model "{served}" does not support matryoshka representation, changing output '
-            "dimensions will lead to poor results."
+            f"Model '{served}' does not support Matryoshka embeddings; dimensions must be "
+            f"unset (received dimensions={body.dimensions})."
         )
-    pooled = await _pool(request, engine, _items(body.input))
+    if isinstance(body, EmbeddingChatRequest):  # one input: the chat template's text
+        items: list[str | list[int]] = [engine.tokenizer.apply_chat_template(body.messages)]
+    else:
+        items = _items(body.input)
+    pooled = await _pool(request, engine, items)
     if isinstance(pooled, Response):
         return pooled
     ids, vectors = pooled
@@ -144,7 +154,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
 @pooling_router.post("/pooling")
 async def pooling(body: PoolingRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = check_model(engine, body.model)
+    served = check_model(engine, body.model, param=None)
     pooled = await _pool(request, engine, _items(body.input))
     if isinstance(pooled, Response):
         return pooled
@@ -164,7 +174,7 @@ def _probs(vector: list[float]) -> list[float]:
 @classify_router.post("/classify")
 async def classify(body: PoolingRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = check_model(engine, body.model)
+    served = check_model(engine, body.model, param=None)
     pooled = await _pool(request, engine, _items(body.input))
     if isinstance(pooled, Response):
         return pooled
@@ -214,7 +224,7 @@ async def _scores(
 @score_router.post("/v1/score")
 async def score(body: ScoreRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = check_model(engine, body.model)
+    served = check_model(engine, body.model, param=None)
     lefts, rights = _score_pairs(body)
     result = await _scores(request, engine, lefts, rights)
     if isinstance(result, Response):
@@ -229,7 +239,7 @@ async def score(body: ScoreRequest, request: Request) -> Response:
 @score_router.post("/v2/rerank")
 async def rerank(body: RerankRequest, request: Request) -> Response:
     engine = engine_of(request)
-    served = check_model(engine, body.model)
+    served = check_model(engine, body.model, param=None)
     if not body.documents:
         raise VllmValidationError("documents must not be empty", param="documents")
     result = await _scores(

@@ -23,15 +23,26 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool | None = False
 
 
-class VllmValidationError(Exception):
-    """vLLM's VLLMValidationError raised by a handler: 400 BadRequestError naming the parameter."""
+class VllmValidationError(ValueError):
+    """vLLM's VLLMValidationError: 400 BadRequestError naming the parameter. Raised by a
+    handler, its envelope's `param` is `param`; raised inside a request model's validator (as
+    0.26's check_logprobs and check_tool_usage do), pydantic reports it as a value_error whose
+    ctx repr is `VLLMValidationError('message')` and the envelope's `param` is still `param`."""
 
     def __init__(self, message: str, *, param: str | None = None, value: object = None) -> None:
-        extras = [] if param is None else [f"parameter={param}"]
-        if value is not None:
-            extras.append(f"value={value}")
-        super().__init__(f"{message} ({', '.join(extras)})" if extras else message)
+        super().__init__(message)
         self.param = param
+        self.value = value
+
+    def __str__(self) -> str:
+        extras = [] if self.param is None else [f"parameter={self.param}"]
+        if self.value is not None:
+            extras.append(f"value={self.value}")
+        base = str(self.args[0])
+        return f"{base} ({', '.join(extras)})" if extras else base
+
+    def __repr__(self) -> str:
+        return f"VLLMValidationError({self.args[0]!r})"
 
 
 class _Sampling(BaseModel):
@@ -64,9 +75,16 @@ class ChatCompletionRequest(_Sampling):
             if not isinstance(top, int) or isinstance(top, bool):
                 return data  # the field's own type check answers
             if top < 0 and top != -1:
-                raise ValueError("`top_logprobs` must be a positive value or -1.")
+                raise VllmValidationError(
+                    "`top_logprobs` must be a positive value or -1.",
+                    param="top_logprobs",
+                    value=top,
+                )
             if (top == -1 or top > 0) and not data.get("logprobs"):
-                raise ValueError("when using `top_logprobs`, `logprobs` must be set to true.")
+                raise VllmValidationError(
+                    "when using `top_logprobs`, `logprobs` must be set to true.",
+                    param="top_logprobs",
+                )
         return data
 
     @model_validator(mode="before")
@@ -82,7 +100,9 @@ class ChatCompletionRequest(_Sampling):
         if choice is None or choice == "none":
             return data
         if data.get("tools") is None:
-            raise ValueError("When using `tool_choice`, `tools` must be set.")
+            raise VllmValidationError(
+                "When using `tool_choice`, `tools` must be set.", param="tool_choice"
+            )
         if choice not in ("auto", "required") and not isinstance(choice, dict):
             raise ValueError(
                 f"Invalid value for `tool_choice`: {choice}! "
@@ -112,12 +132,55 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = None
 
 
-class EmbeddingRequest(BaseModel):
+class _EmbeddingBody(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def __log_extra_fields__(cls, data: Any, handler: Any) -> Any:
+        """vLLM 0.26 wraps each request model in this validator (it logs unknown fields); in
+        a union, pydantic then tags each member's errors `function-wrap[__log_extra_fields__()]`."""
+        return handler(data)
+
+
+class EmbeddingInputRequest(_EmbeddingBody):
+    input: str | list[str] | list[int] | list[list[int]]
+
+
+class EmbeddingChatRequest(_EmbeddingBody):
+    messages: list[dict[str, Any]]
+
+
+class _EmbeddingInput2(EmbeddingInputRequest): ...
+
+
+class _EmbeddingInput3(EmbeddingInputRequest): ...
+
+
+class _EmbeddingChat2(EmbeddingChatRequest): ...
+
+
+class _EmbeddingChat3(EmbeddingChatRequest): ...
+
+
+class _EmbeddingChat4(EmbeddingChatRequest): ...
+
+
+# vLLM 0.26's /v1/embeddings body is a union of seven request models, three taking `input` and
+# four `messages`, in this order: a body with neither answers its seven "Field required" errors
+# (recorded on the H200, routes entry 29). Smart-mode validation picks the first that fits.
+EmbeddingRequest = (
+    EmbeddingInputRequest
+    | EmbeddingChatRequest
+    | _EmbeddingChat2
+    | _EmbeddingChat3
+    | _EmbeddingInput2
+    | _EmbeddingChat4
+    | _EmbeddingInput3
+)
 
 
 class ResponsesRequest(BaseModel):

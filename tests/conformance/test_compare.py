@@ -69,6 +69,15 @@ def test_shape_ignores_values_and_lengths_but_not_keys_or_types() -> None:
     assert diff_shape({"content": None}, {"content": "text"}) != []
 
 
+def test_shape_of_completion_top_logprobs_ignores_the_token_keys_only() -> None:
+    want = {"logprobs": {"top_logprobs": [{"jnu": -6.4, " as": -6.5}]}}
+    assert diff_shape(want, {"logprobs": {"top_logprobs": [{" x": -0.2, "y": -1.0}]}}) == []
+    assert diff_shape(want, {"logprobs": {"top_logprobs": [{" x": "-0.2"}]}}) != []
+    chat = {"logprobs": {"content": [{"top_logprobs": [{"token": "a", "logprob": -1.0}]}]}}
+    renamed = {"logprobs": {"content": [{"top_logprobs": [{"tok": "a", "logprob": -1.0}]}]}}
+    assert diff_shape(chat, renamed) != []  # chat's top_logprobs entries keep their keys
+
+
 def test_checks_of_the_routes_recording() -> None:
     ok = _entry(200, json.dumps({"score": 0.5}))
     assert diff_response_as(
