@@ -135,7 +135,9 @@ class AdoptedProcess:
         return left
 
     def _signal(self, sig: int) -> None:
-        members = self._members() or self._leftovers()
+        # what runs now and what was seen before: a dead API server (a zombie until its parent
+        # reaps it) has no children left to list, while its engine runs on
+        members = list({p.pid: p for p in (*self._members(), *self._leftovers())}.values())
         if self._group is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._group, sig)
