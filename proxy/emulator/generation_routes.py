@@ -129,7 +129,11 @@ async def _generate(
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     engine = engine_of(request)
     served = check_model(engine, body.model)
-    plan = chat_plan(body, auto_tools=engine.settings.enable_auto_tool_choice)
+    plan = chat_plan(
+        body,
+        auto_tools=engine.settings.enable_auto_tool_choice,
+        parser=engine.settings.tool_call_parser,
+    )
     prompt = chat_prompt(engine.tokenizer, body.messages, body.tools)
     max_out: int | None = body.max_tokens
     param = "max_tokens"

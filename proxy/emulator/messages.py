@@ -156,7 +156,11 @@ async def create_messages(body: MessagesRequest, request: Request) -> Response:
     try:
         chat = to_chat(body)
         served = check_model(engine, chat.model)
-        plan = chat_plan(chat, auto_tools=engine.settings.enable_auto_tool_choice)
+        plan = chat_plan(
+            chat,
+            auto_tools=engine.settings.enable_auto_tool_choice,
+            parser=engine.settings.tool_call_parser,
+        )
         prompt = chat_prompt(engine.tokenizer, chat.messages, chat.tools)
         max_tokens = check_lengths(engine, len(prompt), body.max_tokens, "max_completion_tokens")
         reqs = submit_choices(engine, plan, prompt, max_tokens, chat)
@@ -202,6 +206,7 @@ async def create_messages(body: MessagesRequest, request: Request) -> Response:
         started, block_open, finish = False, False, None
         tool = plan.tool
         async for _, out in merged(reqs):
+            piece = renderer.arguments_piece(0, out) if tool is not None else out.text
             if out.error is not None:
                 error = {"type": "internal_error", "message": out.error}
                 yield _event("error", {"type": "error", "error": error})
@@ -210,7 +215,7 @@ async def create_messages(body: MessagesRequest, request: Request) -> Response:
                 started = True
                 message |= {"stop_sequence": None, "usage": usage}
                 yield _event("message_start", {"type": "message_start", "message": message})
-            if out.text and not block_open:
+            if piece and not block_open:
                 block_open = True
                 block: dict[str, Any] = {"type": "text", "text": ""}
                 if tool is not None:
@@ -224,10 +229,10 @@ async def create_messages(body: MessagesRequest, request: Request) -> Response:
                     "content_block_start",
                     {"type": "content_block_start", "content_block": block, "index": 0},
                 )
-            if out.text:
-                delta: dict[str, Any] = {"type": "text_delta", "text": out.text}
+            if piece:
+                delta: dict[str, Any] = {"type": "text_delta", "text": piece}
                 if tool is not None:
-                    delta = {"type": "input_json_delta", "partial_json": out.text}
+                    delta = {"type": "input_json_delta", "partial_json": piece}
                 yield _event(
                     "content_block_delta",
                     {"type": "content_block_delta", "delta": delta, "index": 0},

@@ -2,10 +2,18 @@
 
 `chat_plan` turns a validated request into a `Plan` the routes follow, raising the 400s vLLM
 0.26.0 answers in its serving layer (after the request model's own validators): `"auto"` tool
-choice without `--enable-auto-tool-choice --tool-call-parser`, too many logprobs, `n < 1`, an
-unusable JSON schema. `Plan.script` gives the fixed output of one choice when a grammar would
-constrain it (JSON mode, a tool call): the engine then emits exactly that text, token by
-token, and ends with `stop` (or `length`, truncated, if max_tokens runs out first). No state.
+choice without `--enable-auto-tool-choice --tool-call-parser`, a named or `"required"` choice
+without `--tool-call-parser`, too many logprobs, `n < 1`, an unusable JSON schema.
+`Plan.script` gives the fixed output of one choice when a grammar would constrain it (JSON
+mode, a tool call): the engine then emits exactly that text, token by token, and ends with
+`stop` (or `length`, truncated, if max_tokens runs out first).
+
+A named or required choice is constrained to the tool parser's own format (0.26 on the H200:
+the hermes server answered `<tool_call>\n{"name": "get_weather", "arguments": {` and then
+JSON whitespace until max_tokens); the script writes that `<tool_call>` text with
+`ARGUMENT_PADDING` newlines after the arguments' `{`, the whitespace the random-weight
+checkpoint wrote, so a call completes with max_tokens >= ~90 and is cut short at 64 as on the
+GPU. The renderer parses it back as the parser does. No state.
 """
 
 from __future__ import annotations
@@ -24,15 +32,25 @@ from proxy.emulator.tokenizer import FakeTokenizer
 AUTO_TOOLS_DISABLED = (
     '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 )
+TOOL_CALL_OPEN = "<tool_call>\n"
+TOOL_CALL_CLOSE = "}\n</tool_call>"
+ARGUMENT_PADDING = 48
+
+
+def tool_call_prefix(name: str) -> str:
+    """The hermes text before a call's arguments (what the recorded 0.26 answers begin with)."""
+    return TOOL_CALL_OPEN + '{"name": ' + json.dumps(name) + ', "arguments": '
 
 
 @dataclass(frozen=True)
 class ToolPlan:
-    """The one tool call each choice makes: `kind` is auto, required or named."""
+    """The one tool call each choice makes: `kind` is auto, required or named; `tagged`: the
+    call is written in the tool parser's `<tool_call>` format (required and named)."""
 
     kind: str
     name: str
     parameters: Any
+    tagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,11 +69,20 @@ class Plan:
         words = _words(tok, prompt, seed, index)
         if self.tool is not None:
             value = instance_for(self.tool.parameters or {"type": "object"}, words=words)
+            if self.tool.tagged:
+                return _tagged(tok, self.tool.name, json.dumps(value, ensure_ascii=False))
         elif self.schema == {}:  # json_object: any object
             value = {"text": " ".join(words[:4])}
         else:
             value = instance_for(self.schema, words=words)
         return tok.split(json.dumps(value, ensure_ascii=False))
+
+
+def _tagged(tok: FakeTokenizer, name: str, arguments: str) -> list[tuple[int, str]]:
+    head, rest = (arguments[:1], arguments[1:]) if arguments.startswith("{") else ("", arguments)
+    newline = tok.split("\n")
+    padding = newline * ARGUMENT_PADDING if head else []
+    return [*tok.split(tool_call_prefix(name) + head), *padding, *tok.split(rest + TOOL_CALL_CLOSE)]
 
 
 def check_sampling(n: int | None, logprobs: int | None) -> int:
@@ -73,8 +100,8 @@ def check_sampling(n: int | None, logprobs: int | None) -> int:
     return count
 
 
-def chat_plan(body: ChatCompletionRequest, *, auto_tools: bool) -> Plan:
-    tool = _tool_plan(body, auto_tools=auto_tools)
+def chat_plan(body: ChatCompletionRequest, *, auto_tools: bool, parser: str | None) -> Plan:
+    tool = _tool_plan(body, auto_tools=auto_tools, parser=parser)
     schema = None if tool is not None else _response_schema(body.response_format)
     top = None
     if body.logprobs:
@@ -88,7 +115,9 @@ def chat_plan(body: ChatCompletionRequest, *, auto_tools: bool) -> Plan:
     return plan
 
 
-def _tool_plan(body: ChatCompletionRequest, *, auto_tools: bool) -> ToolPlan | None:
+def _tool_plan(
+    body: ChatCompletionRequest, *, auto_tools: bool, parser: str | None
+) -> ToolPlan | None:
     choice = body.tool_choice
     if not body.tools or choice in (None, "none"):
         return None
@@ -99,10 +128,20 @@ def _tool_plan(body: ChatCompletionRequest, *, auto_tools: bool) -> ToolPlan | N
         name = choice["function"]["name"]
         function = next(f for f in functions if f.get("name") == name)
         kind = "named"
+        if parser is None:  # recorded on the H200 (routes entry 9)
+            raise VllmValidationError(
+                f"tool_choice=function {json.dumps(name)} requires --tool-call-parser to be set"
+            )
     else:
         function = functions[0]  # the emulator always calls the first tool
         kind = str(choice)
-    return ToolPlan(kind, str(function.get("name", "")), function.get("parameters"))
+        if kind == "required" and parser is None:  # the same check as a named choice's
+            raise VllmValidationError(
+                'tool_choice="required" requires --tool-call-parser to be set'
+            )
+    return ToolPlan(
+        kind, str(function.get("name", "")), function.get("parameters"), tagged=kind != "auto"
+    )
 
 
 def _response_schema(response_format: dict[str, Any] | None) -> Any:

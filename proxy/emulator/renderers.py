@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.emulator.engine_request import Output
 from proxy.emulator.logprobs import chat_logprobs, completion_logprobs
-from proxy.emulator.options import Plan
+from proxy.emulator.options import TOOL_CALL_CLOSE, Plan, tool_call_prefix
 from proxy.emulator.protocol import new_id, sse, usage
 from proxy.emulator.tokenizer import FakeTokenizer
 
@@ -85,28 +85,50 @@ class ChatRenderer(Renderer):
         top = self.plan.top_logprobs
         return None if top is None else chat_logprobs(self.tok, outputs, start, top)
 
+    def __init__(self, model: str, fp: str, tok: FakeTokenizer, plan: Plan) -> None:
+        super().__init__(model, fp, tok, plan)
+        self.texts = [""] * plan.n  # a tagged call's `<tool_call>` text so far, per choice
+        self.sent = [0] * plan.n  # characters of its arguments streamed, per choice
+
     def finish_reason(self, reason: str) -> str:
-        tool = self.plan.tool
-        if tool is not None and tool.kind != "named" and reason == "stop":
-            return "tool_calls"  # auto and required; a named choice ends with "stop"
+        if self.plan.tool is not None and reason == "stop":
+            return "tool_calls"  # a parsed call; a call cut short by max_tokens stays "length"
         return reason
+
+    def arguments_piece(self, index: int, out: Output) -> str:
+        """The part of a call's arguments that `out` adds. A tagged call's text is parsed as
+        the hermes streaming parser does: nothing until the prefix is complete, the closing
+        `}\n</tool_call>` held back (flushed as arguments if the call is cut short)."""
+        tool = self.plan.tool
+        if tool is None or not tool.tagged:
+            return out.text
+        self.texts[index] += out.text
+        text, start = self.texts[index], len(tool_call_prefix(tool.name))
+        end = len(text)
+        if out.finish_reason is None or text.endswith(TOOL_CALL_CLOSE):
+            end -= len(TOOL_CALL_CLOSE)
+        piece = text[start + self.sent[index] : max(end, start)]
+        self.sent[index] += len(piece)
+        return piece
 
     def _delta(self, index: int, out: Output) -> dict[str, Any]:
         tool = self.plan.tool
         if tool is None:
             return {"content": out.text}
-        if not out.text:
+        first = self.sent[index] == 0 if tool.tagged else self.position[index] == 0
+        piece = self.arguments_piece(index, out)
+        if not piece:
             return {}
         call: dict[str, Any]
-        if self.position[index] == 0:  # the first piece carries the call's id and name
+        if first:  # the first piece carries the call's id and name
             call = {
                 "id": self.tool_ids[index],
                 "type": "function",
                 "index": 0,
-                "function": {"name": tool.name, "arguments": out.text},
+                "function": {"name": tool.name, "arguments": piece},
             }
         else:
-            call = {"index": 0, "function": {"arguments": out.text}}
+            call = {"index": 0, "function": {"arguments": piece}}
         return {"tool_calls": [call]}
 
     def step(self, index: int, out: Output, *, include_usage: bool) -> list[str]:
@@ -137,14 +159,18 @@ class ChatRenderer(Renderer):
             "audio": None,
             "function_call": None,
         }
-        if tool is not None:
-            # a parsed auto call leaves no text; required and named calls answer ""
-            message["content"] = None if tool.kind == "auto" else ""
+        arguments: str | None = text
+        if tool is not None and tool.tagged:  # the hermes parser: a complete call, or text
+            prefix = tool_call_prefix(tool.name)
+            complete = text.startswith(prefix) and text.endswith(TOOL_CALL_CLOSE)
+            arguments = text[len(prefix) : -len(TOOL_CALL_CLOSE)] if complete else None
+        if tool is not None and arguments is not None:
+            message["content"] = None  # a parsed call leaves no text
             message["tool_calls"] = [
                 {
                     "id": self.tool_ids[index],
                     "type": "function",
-                    "function": {"name": tool.name, "arguments": text},
+                    "function": {"name": tool.name, "arguments": arguments},
                 }
             ]
         message["reasoning"] = None

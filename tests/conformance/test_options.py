@@ -3,8 +3,9 @@
 Only what real vLLM does whatever its weights: the conformance model has random weights, so
 generated text is arbitrary; a grammar-constrained answer is checked for JSON only when it
 ended with `stop` (a random model may still be writing when max_tokens runs out). Both real
-servers run without `--enable-auto-tool-choice`, so `"auto"` is checked as the 400 it is;
-named tool choice works without those flags (vLLM constrains it with a grammar).
+servers run without `--enable-auto-tool-choice` and `--tool-call-parser`, so `"auto"` and a
+named choice are checked as the 400s they are (0.26 constrains a named choice to the tool
+parser's format, so it needs one; tests/conformance/test_tools.py checks it on a server with one).
 """
 
 from __future__ import annotations
@@ -177,18 +178,22 @@ async def test_tool_choice_none_answers_text(client: httpx.AsyncClient) -> None:
     assert body["choices"][0]["finish_reason"] == "length"
 
 
-async def test_named_tool_choice_returns_a_tool_call(client: httpx.AsyncClient) -> None:
+async def test_named_tool_choice_without_a_parser_is_400(client: httpx.AsyncClient) -> None:
     named = {"type": "function", "function": {"name": "get_weather"}}
-    body = await post(client, chat(64, tools=[TOOL], tool_choice=named, ignore_eos=False))
-    choice = body["choices"][0]
-    (call,) = choice["message"]["tool_calls"]
-    assert call["type"] == "function"
-    assert call["function"]["name"] == "get_weather"
-    assert isinstance(call["id"], str)
-    assert isinstance(call["function"]["arguments"], str)
-    assert choice["finish_reason"] in ("stop", "length")  # named: "stop", not "tool_calls"
-    if choice["finish_reason"] == "stop":
-        check_schema_instance(json.loads(call["function"]["arguments"]))
+    r = await client.post(
+        "/v1/chat/completions", json=chat(64, tools=[TOOL], tool_choice=named, ignore_eos=False)
+    )
+    assert (r.status_code, r.json()) == (
+        400,
+        {
+            "error": {
+                "message": 'tool_choice=function "get_weather" requires --tool-call-parser to be set',
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+        },
+    )
 
 
 @pytest.mark.parametrize(

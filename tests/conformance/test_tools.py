@@ -5,9 +5,11 @@ The target serves the conformance checkpoint as `tiny-tools`. Its weights are ra
 `tool_choice: "auto"` the model decides freely between text and a hermes `<tool_call>`: both
 answers are checked for the OpenAI shape, and `finish_reason` must agree with whether a call
 was parsed (`tool_calls` when one was, `stop`/`length` otherwise). `"required"` and a named
-choice are constrained by a grammar, so their arguments are parsed as JSON of the tool's schema
-whenever the model finished inside the grammar (`tool_calls` for required, `stop` for named);
-a `length` finish (a random model still writing when max_tokens ran out) is checked for shape.
+choice are constrained to the parser's own `<tool_call>` format; vLLM 0.26 then parses the text
+as for `"auto"`. A complete call is a tool call whose arguments are JSON of the tool's schema
+(`tool_calls`); a call cut short by max_tokens is not parsed at all: `length`, the `<tool_call>`
+text as content and no `tool_calls` key (what the random-weight model gave on the H200, where it
+wrote JSON whitespace inside the grammar until max_tokens; routes entries 20 and 21).
 """
 
 from __future__ import annotations
@@ -142,24 +144,32 @@ async def test_auto_tool_choice_stream(tools_client: httpx.AsyncClient) -> None:
         assert finishes[-1] in ("stop", "length")
 
 
+def check_cut_short(out: dict[str, Any], name: str | None) -> None:
+    """A forced call that max_tokens cut short: the unparsed `<tool_call>` text, no call."""
+    assert out["finish_reason"] == "length"
+    assert "tool_calls" not in out["message"]
+    head = '<tool_call>\n{"name": ' + (f'"{name}", "arguments": ' if name else "")
+    assert out["message"]["content"].startswith(head), out["message"]["content"][:80]
+
+
 async def test_required_tool_choice_answers_a_call(tools_client: httpx.AsyncClient) -> None:
     out = await answer(tools_client, chat(128, tool_choice="required"))
-    assert out["finish_reason"] in ("tool_calls", "length")
-    calls = calls_of(out["message"])
     if out["finish_reason"] == "tool_calls":  # the grammar was completed: valid JSON
-        assert calls
-        for call in calls:
-            check_arguments(call)
+        (call,) = calls_of(out["message"])
+        check_arguments(call)
+    else:
+        check_cut_short(out, None)
 
 
 async def test_named_tool_choice_answers_that_tool(tools_client: httpx.AsyncClient) -> None:
     named = {"type": "function", "function": {"name": "get_weather"}}
     out = await answer(tools_client, chat(128, tool_choice=named))
-    assert out["finish_reason"] in ("stop", "length")  # named: "stop", not "tool_calls"
-    (call,) = calls_of(out["message"])
-    assert call["function"]["name"] == "get_weather"
-    if out["finish_reason"] == "stop":
+    if out["finish_reason"] == "tool_calls":  # parsed as for "auto" (not yet seen on a GPU)
+        (call,) = calls_of(out["message"])
+        assert call["function"]["name"] == "get_weather"
         check_arguments(call)
+    else:
+        check_cut_short(out, "get_weather")
 
 
 async def test_tool_choice_none_answers_text(tools_client: httpx.AsyncClient) -> None:
