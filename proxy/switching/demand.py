@@ -2,7 +2,9 @@
 
 Owned by the Switcher: `lease()` enters a request when it starts to wait and leaves it when it
 gets its lease, gives up or fails; nobody else writes it. Every entry and exit tells the model's
-GPU group (`GpuGroup.notify`), so a switch waiting for its turn re-decides at once.
+GPU group (`GpuGroup.notify`), so a switch waiting for its turn re-decides at once. It also keeps
+each model's last idle gaps (`arrived`: a request for a model with none in flight or queued,
+the time since its last request ended), which the policy weighs before it lingers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from proxy.clock import Clock
 from proxy.config import GpuConfig
 from proxy.switching.costs import SwitchCosts
 from proxy.switching.group import GpuGroup
-from proxy.switching.policy import DEFAULT_COST_S, GroupView, ModelView
+from proxy.switching.policy import DEFAULT_COST_S, RETURN_SAMPLES, GroupView, ModelView
 
 
 class Demand:
@@ -23,6 +25,17 @@ class Demand:
         self._clock = clock
         self.waiting: Counter[str] = Counter()
         self._since: dict[str, deque[float]] = {n: deque() for n in names}
+        self._gaps: dict[str, deque[float]] = {n: deque(maxlen=RETURN_SAMPLES) for n in names}
+
+    def idle(self, b: Backend) -> bool:
+        """Nothing of `b`'s in flight or waiting."""
+        return b.leases == 0 and not self._since[b.name]
+
+    def arrived(self, name: str, last_used: float) -> None:
+        """A request arrived for `name` while it was idle (once per request: on its lease at
+        once, or as it enters the queue): note the gap since its last request ended."""
+        if last_used:
+            self._gaps[name].append(self._clock.monotonic() - last_used)
 
     def enter(self, name: str, group: GpuGroup) -> float:
         """A request starts to wait for `name`; returns its arrival time (for `leave`)."""
@@ -83,6 +96,7 @@ class Demand:
                     memory_gib=b.config.memory_gib,
                     asleep_memory_gib=b.config.asleep_memory_gib,
                     wake_gib=costs.wake_gib(b.name),
+                    idle_gaps=tuple(self._gaps[b.name]),
                 )
             )
         s = gpu.scheduling

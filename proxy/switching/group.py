@@ -11,7 +11,6 @@ Two settings are set once by the Switcher when it builds the group: `max_hold_s`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from proxy.backends import Backend
 from proxy.backends.gpu_memory import GpuMemory
@@ -50,15 +49,19 @@ class GpuGroup:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def wait_changed(self, timeout_s: float | None) -> None:
-        """Until any member changes (state, leases, waiters) or `timeout_s` passed."""
+    async def wait_changed(self, timeout_s: float | None) -> bool:
+        """Until any member changes (state, leases, waiters) or `timeout_s` passed: True when
+        something changed, False when the time ran out."""
         changed = self._changed
         if timeout_s is None:
             await changed.wait()
-            return
-        with contextlib.suppress(TimeoutError):
+            return True
+        try:
             async with asyncio.timeout(max(timeout_s, 0.0)):
                 await changed.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def enter(self, phase: str | None, limit_s: float = 0.0) -> None:
         self.phase, self._phase_since, self._phase_limit_s = phase, self._clock.monotonic(), limit_s

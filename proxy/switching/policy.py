@@ -18,7 +18,12 @@ what it returns. Stateless. docs/scheduling.md explains the rules with a timelin
         divided by the target's queue length (reason `early_sleep`). That is ski rental: waiting
         a switch's cost for the resident's next request costs at most as much as switching away
         and back, so a closed-loop client that sends again within milliseconds keeps its model
-        (the round trip is the measured switch back for this pair once it ran);
+        (the round trip is the measured switch back for this pair once it ran). The wait is
+        skipped when it has not paid lately: each of the victim's last RETURN_SAMPLES idle
+        gaps (from its going idle to its next request) was longer than it (reason
+        `no_return`) - one client hopping between models never comes back to the model it
+        left while it waits for the next (measured on the H200: a lingering proxy doubled a
+        two-model alternation's time to first token);
     until then the group holds, and `recheck_at` says when the answer can change on its own;
   - when the target fits beside the victims (NVML's free memory covers its measured or
     declared need, or every member's memory is declared, see `fits`), the target wakes first
@@ -41,6 +46,7 @@ from proxy.backends.state import BackendState
 from proxy.switching.plan import Member, plan_switch
 
 DEFAULT_COST_S = 0.5  # a round trip's cost before any switch of the model was measured
+RETURN_SAMPLES = 4  # idle gaps that must all be longer than a linger before it is skipped
 MEASURED_MARGIN_GIB = 1.0  # kept free beyond a measured need (allocator slack, CUDA graphs)
 
 
@@ -62,6 +68,13 @@ class ModelView:
     memory_gib: float | None = None  # awake
     asleep_memory_gib: float | None = None  # asleep (None: as much as awake)
     wake_gib: float | None = None  # the most free memory one of its wakes took (NVML)
+    idle_gaps: tuple[float, ...] = ()  # its last idle gaps: going idle to its next request
+
+    def returns_within(self, linger_s: float) -> bool:
+        """May its next request come within `linger_s` of its going idle? No only when each
+        of its last RETURN_SAMPLES idle gaps was longer (too few seen: yes, as ski rental)."""
+        gaps = self.idle_gaps[-RETURN_SAMPLES:]
+        return len(gaps) < RETURN_SAMPLES or min(gaps) <= linger_s
 
     @property
     def busy(self) -> bool:
@@ -245,4 +258,6 @@ def _evictable(
     linger = view.switch_back_s(victim, target) / len(target.queue)
     if now >= idle_since + linger:
         return True, "early_sleep", None
+    if not victim.returns_within(linger):
+        return True, "no_return", None
     return False, "linger", min(idle_since + linger, forced_at)

@@ -163,8 +163,14 @@ class Switcher:
         group = self.group_of(name)
         if self._strict_order(group) and self._demand.older_elsewhere(name, None, group):
             return None
-        lease = self._backends[name].try_acquire()
-        return None if lease is None else (lease, NO_SWITCH)
+        backend = self._backends[name]
+        idle, last_used = self._demand.idle(backend), backend.last_used
+        lease = backend.try_acquire()
+        if lease is None:
+            return None
+        if idle:  # an arrival at an idle model, served at once (a queued one: `lease`)
+            self._demand.arrived(name, last_used)
+        return lease, NO_SWITCH
 
     def _strict_order(self, group: GpuGroup) -> bool:
         """`naive`: requests start in arrival order across the group (no overtaking, no join)."""
@@ -182,6 +188,8 @@ class Switcher:
                 f"{self.waiting[name]} requests already wait for model {name!r}; retry later",
                 retry_after_s=self._limits.retry_after_s,
             )
+        if self._demand.idle(backend):
+            self._demand.arrived(name, backend.last_used)
         arrived = self._demand.enter(name, group)
         ticket = backend.ticket()
         timings = NO_SWITCH
@@ -251,6 +259,7 @@ class Switcher:
         group = self.group_of(name)
         await group.reconciled.wait()
         held: str | None = None
+        due: float | None = None  # the recheck time the last hold waited for, once it passed
         while True:
             if target.state is BackendState.READY:
                 # made READY by start-up or by a wake-first switch: its waiters must not wait for
@@ -266,7 +275,9 @@ class Switcher:
                     raise self._failed(target)
                 if self.waiting[name] == 0 and target.paused == 0:
                     return NO_SWITCH  # a resume flight whose paused requests all left
-                now = self.clock.monotonic()
+                # a timer may fire a hair before its float deadline (a + (b - a) != b): the
+                # recheck it waited for counts as reached, or the hold would spin at that instant
+                now = max(self.clock.monotonic(), due or 0.0)
                 gpu = self._config.gpu(group.name)
                 view = self._demand.view(group, gpu, self._can_start, self._costs)
                 decision = decide(view, now)
@@ -288,7 +299,8 @@ class Switcher:
                         held = decision.reason
                         self._decided(group, decision)
                 wait_s = None if decision.recheck_at is None else decision.recheck_at - now
-            await group.wait_changed(wait_s)
+            timed_out = not await group.wait_changed(wait_s)
+            due = decision.recheck_at if timed_out else None
 
     def _decided(self, group: GpuGroup, decision: Decision) -> None:
         self._metrics.decisions.labels(group.name, decision.reason).inc()

@@ -161,6 +161,7 @@ class FakeServer:
     served_names: tuple[str, ...] = ()  # what /v1/models lists; () = (served_name,)
     max_model_len: int = 4096
     running: int = 0  # generation requests in progress
+    call_s: float = 0.0  # how long a /sleep or /wake_up that changes something takes (virtual)
     calls: list[Call] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
     faults: list[Fault] = field(default_factory=list)
@@ -312,6 +313,7 @@ class FakeServer:
         else:
             self.stats["aborted"] += self.running
         if not self.sleeping_tags:  # else "Executor is already sleeping."
+            await asyncio.sleep(self.call_s)
             self.sleeping_tags = set(TAGS)
             self.slept_level = level
             if level != 1:
@@ -332,6 +334,7 @@ class FakeServer:
             return self._engine_error("wake_up", WEDGED)
         if self.slept_level != 1 and order == ["kv_cache"] and "weights" in self.sleeping_tags:
             return self._die()  # KV cache restored into unmapped weight memory
+        await asyncio.sleep(self.call_s)
         self.sleeping_tags -= set(order)
         self._notify()
         return httpx.Response(200)

@@ -196,6 +196,36 @@ def test_an_idle_victim_lingers_its_round_trip_over_the_queue(waiting: int, ling
     assert (at.victims, at.reason, at.switch_now) == (("a",), "early_sleep", True)
 
 
+@pytest.mark.parametrize(
+    ("gaps", "lingers"),
+    [
+        ((), True),  # nothing seen yet: ski rental
+        ((5.0, 5.0, 5.0), True),  # too few gaps to tell
+        ((5.0, 5.0, 5.0, 5.0), False),  # its client never came back within a linger (4 s)
+        ((5.0, 5.0, 0.2, 5.0), True),  # once it did: worth waiting for again
+        ((0.1, 5.0, 5.0, 5.0, 5.0), False),  # only the last RETURN_SAMPLES count
+        ((4.0, 4.0, 4.0, 4.0), True),  # a gap of exactly the linger would have been caught
+    ],
+)
+def test_an_idle_victim_whose_client_does_not_return_is_not_waited_for(
+    gaps: tuple[float, ...], lingers: bool
+) -> None:
+    """One client hopping between models: the model it left is idle until it needs it again,
+    which is after the target served - lingering only delays the target (H200: 2x TTFT)."""
+    victim = awake("a", used=10.0, sleep=1.0, wake=3.0, idle_gaps=gaps)
+    d = decide(group(victim, asleep("t", 10.0), max_wait_s=30), now=10.1)
+    if lingers:
+        assert (d.reason, d.switch_now, d.recheck_at) == ("linger", False, 14.0)
+    else:
+        assert (d.victims, d.reason, d.switch_now) == (("a",), "no_return", True)
+
+
+def test_a_busy_victim_is_never_skipped_for_its_idle_gaps() -> None:
+    victim = awake("a", since=0.0, used=10.0, busy=1, sleep=1.0, idle_gaps=(9.0,) * 4)
+    d = decide(group(victim, asleep("t", 10.0, wake_cost_s=1.0)), now=10.1)
+    assert (d.reason, d.switch_now) == ("serving", False)
+
+
 def test_the_linger_ends_at_the_forced_time_when_that_is_earlier() -> None:
     view = group(awake("a", used=10.0, sleep=1.0, wake=10.0), asleep("t", 10.0))
     d = decide(view, now=11.0)

@@ -25,7 +25,10 @@ READY, ASLEEP, FAILED, STOPPED = (
     BackendState.FAILED,
     BackendState.STOPPED,
 )
-SWITCH_REASONS = {"free_slot", "memory_fits", "max_wait", "preempt", "early_sleep", "fifo", "naive"}
+SWITCH_REASONS = {
+    *("free_slot", "memory_fits", "max_wait", "preempt", "early_sleep", "no_return", "fifo"),
+    "naive",
+}
 HOLD_REASONS = {"serving", "min_residency", "linger"}
 NS = 1e-9
 FAST = settings(max_examples=200, deadline=None)

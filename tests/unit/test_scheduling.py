@@ -58,6 +58,27 @@ async def test_an_idle_resident_is_put_to_sleep_after_its_round_trip() -> None:
         assert r.backend("model-a").wake_cost_s is not None, "and the wake with its warm-up"
 
 
+async def test_one_client_hopping_between_models_stops_being_lingered_for() -> None:
+    """A pipeline of one client: A, B, A, B... each answer 0.1 s. The model it leaves is idle
+    until it comes back after the other model served it, so each of its idle gaps is the
+    linger and more: after RETURN_SAMPLES of them the switch starts at once (reason
+    no_return); the first ones still linger the measured round trip (0.2 s sleep, 0.2 s
+    wake: 0.4 s, against gaps of that linger + the switch + the 0.1 s answer)."""
+    async with rig(AB) as r:
+        for name in ("model-a", "model-b"):
+            r.server(name).call_s = 0.2
+        waits = []
+        for i in range(14):  # each model's 4th idle gap: at its 5th request (i = 8 and 9)
+            t0 = now()
+            lease, _ = await r.lease(("model-a", "model-b")[i % 2])
+            waits.append(now() - t0)
+            await asyncio.sleep(0.1)  # the answer takes 0.1 s; the client goes on at once
+            lease.release()
+        assert waits[0] == pytest.approx(1.4, abs=0.01), "1 s linger (unmeasured), sleep, wake"
+        assert all(w == pytest.approx(0.4, abs=0.01) for w in waits[-4:]), waits  # the switch alone
+        assert r.counter("vllm_switch_decisions_total", gpu="g0", reason="no_return") >= 4
+
+
 async def test_the_linger_is_shared_by_the_requests_that_wait() -> None:
     async with rig(AB) as r:
         t0 = now()
