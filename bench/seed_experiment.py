@@ -48,6 +48,8 @@ from proxyproc import serving
 from seed_report import meta, summarize
 from servers import Server, ServerSpec, start
 
+from proxy.switching.policy import RETURN_SAMPLES
+
 PROMPTS = [
     "Classify the sentiment of: the wake was fast.",
     "Write a caption for a photo of the Moon over the sea.",
@@ -279,8 +281,9 @@ class Bench:
             yield url
 
     def through_proxy(self, url: str, *, prime: bool = True) -> dict[str, Any]:
-        if prime:  # two untimed alternations: every model slept and woken the configured way first
-            for spec in self.specs * 2:
+        if prime:  # untimed alternations: every model slept and woken the configured way, and
+            # each seen idle RETURN_SAMPLES times (the scheduler learns it is left for the other)
+            for spec in self.specs * (RETURN_SAMPLES + 1):
                 self.prompt(url, spec.name, "prime", 1)
         turns = []
         for r, spec, prompt in self.turns():

@@ -186,7 +186,8 @@ class Metrics:
         self.decisions = Counter(
             "vllm_switch_decisions",
             "Scheduling decisions of a GPU group, by reason: a switch (free_slot, memory_fits, "
-            "max_wait, early_sleep, preempt; fifo, naive) or a hold while another model waits "
+            "max_wait, early_sleep, no_return, preempt; fifo, naive) or a hold while another model "
+            "waits "
             "(serving, min_residency, linger).",
             ["gpu", "reason"],
             registry=r,
