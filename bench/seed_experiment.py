@@ -188,62 +188,36 @@ class Bench:
         self.http.post(f"{self.servers[self.specs[-1].name].url}/wake_up").raise_for_status()
         return out
 
-    def raw(self) -> dict[str, Any]:
+    def raw(self, wake_first: bool = False) -> dict[str, Any]:
+        """The switch made by hand. Sleep first: the other sleeps, the target wakes. Wake first
+        (raw_wf): the target wakes beside the other, which sleeps after the answer (timed apart
+        as sleep_after_s, not part of the turn)."""
         turns = []
         awake = "model-b"
+        sleep = {"level": 1, "mode": "wait"}
         for r, spec, prompt in self.turns():
             cur, tgt = self.servers[awake].url, self.servers[spec.name].url
             t0 = time.monotonic()
-            self.http.post(f"{cur}/sleep", params={"level": 1, "mode": "wait"}).raise_for_status()
+            if not wake_first:
+                self.http.post(f"{cur}/sleep", params=sleep).raise_for_status()
             t1 = time.monotonic()
             self.http.post(f"{tgt}/wake_up").raise_for_status()
             t2 = time.monotonic()
             self.prompt(tgt, spec.name, "Hi", 1)
             t3 = time.monotonic()
             prompt_s, _ = self.prompt(tgt, spec.name, prompt)
-            turns.append(
-                {
-                    "round": r,
-                    "model": spec.name,
-                    "sleep_s": t1 - t0,
-                    "wake_s": t2 - t1,
-                    "warmup_s": t3 - t2,
-                    "prompt_s": prompt_s,
-                    "total_s": time.monotonic() - t0,
-                }
-            )
+            turn = {"round": r, "model": spec.name, "sleep_s": t1 - t0, "wake_s": t2 - t1}
+            turn |= {"warmup_s": t3 - t2, "prompt_s": prompt_s, "total_s": time.monotonic() - t0}
+            if wake_first:
+                t4 = time.monotonic()
+                self.http.post(f"{cur}/sleep", params=sleep).raise_for_status()
+                turn["sleep_after_s"] = time.monotonic() - t4
+            turns.append(turn)
             awake = spec.name
         return {"turns": turns, "total_s": sum(t["total_s"] for t in turns)}
 
     def raw_wf(self) -> dict[str, Any]:
-        """Wake-first by hand: the target wakes while the other is still awake; the other
-        sleeps after the answer (timed apart, not part of the turn)."""
-        turns = []
-        awake = "model-b"
-        for r, spec, prompt in self.turns():
-            cur, tgt = self.servers[awake].url, self.servers[spec.name].url
-            t0 = time.monotonic()
-            self.http.post(f"{tgt}/wake_up").raise_for_status()
-            t1 = time.monotonic()
-            self.prompt(tgt, spec.name, "Hi", 1)
-            t2 = time.monotonic()
-            prompt_s, _ = self.prompt(tgt, spec.name, prompt)
-            t3 = time.monotonic()
-            self.http.post(f"{cur}/sleep", params={"level": 1, "mode": "wait"}).raise_for_status()
-            turns.append(
-                {
-                    "round": r,
-                    "model": spec.name,
-                    "sleep_s": 0.0,
-                    "wake_s": t1 - t0,
-                    "warmup_s": t2 - t1,
-                    "prompt_s": prompt_s,
-                    "total_s": t3 - t0,
-                    "sleep_after_s": time.monotonic() - t3,
-                }
-            )
-            awake = spec.name
-        return {"turns": turns, "total_s": sum(t["total_s"] for t in turns)}
+        return self.raw(wake_first=True)
 
     def memory(self, wake_first: bool) -> tuple[dict[str, Any], dict[str, Any]]:
         """Declared memory (GiB) for a wake-first proxy: each model `util` of the GPU awake,

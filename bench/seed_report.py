@@ -77,18 +77,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
             and len(results["reload"]["turns"]) == len(results[name]["turns"])
         ):
             s[f"reload_over_{name}"] = results["reload"]["total_s"] / results[name]["total_s"]
-    if "switch_l1" in results and "raw" in results:
-        sw = [_switch_s(t) for t in results["switch_l1"]["turns"]]
-        raw = [_switch_s(t) for t in results["raw"]["turns"]]
-        s["switch_over_raw"] = sum(sw) / sum(raw)
-        s["switch_l1_median_s"] = statistics.median(sw)
-        s["raw_median_s"] = statistics.median(raw)
+    for proxied, raw_name, ratio, prefix in (
+        ("switch_l1", "raw", "switch_over_raw", ("switch_l1", "raw")),
+        ("switch_wf", "raw_wf", "switch_wf_over_raw_wf", ("switch_wf", "raw_wf")),
+    ):
+        if proxied not in results or raw_name not in results:
+            continue
+        sw = [_switch_s(t) for t in results[proxied]["turns"]]
+        raw = [_switch_s(t) for t in results[raw_name]["turns"]]
+        s[ratio] = sum(sw) / sum(raw)
+        s[f"{prefix[0]}_median_s"] = statistics.median(sw)
+        s[f"{prefix[1]}_median_s"] = statistics.median(raw)
     if "switch_wf" in results and "raw_wf" in results:
-        sw = [_switch_s(t) for t in results["switch_wf"]["turns"]]
-        raw = [_switch_s(t) for t in results["raw_wf"]["turns"]]
-        s["switch_wf_over_raw_wf"] = sum(sw) / sum(raw)
-        s["switch_wf_median_s"] = statistics.median(sw)
-        s["raw_wf_median_s"] = statistics.median(raw)
         s["switch_wf_turn_over_raw_wf_turn"] = (
             results["switch_wf"]["total_s"] / results["raw_wf"]["total_s"]
         )
