@@ -4,6 +4,7 @@ that each stage ran and measured what the GPU run will be judged by."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,22 +19,26 @@ pytestmark = pytest.mark.process  # emulators, proxies and the benches as subpro
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.timeout(600)  # about 2.5 minutes on 2 cores, more beside a busy suite
 def test_evidence_dry_run_measures_every_stage(tmp_path: Path) -> None:
     out = tmp_path / "ev"
     argv = [sys.executable, str(ROOT / "bench" / "evidence.py"), str(out)]
     argv += ["--emulate", "--quick", "--deadline-s", "400", "--soak-minutes", "0.05"]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        log, _ = proc.communicate(timeout=480)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # its own cleanup stops the servers it started
+    ) as proc:  # the pipe is closed however this ends
         try:
-            log, _ = proc.communicate(timeout=30)
-        finally:
-            os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"evidence.py ran past its limit:\n{log[-3000:]}")
+            log, _ = proc.communicate(timeout=480)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # its own cleanup stops the servers it started
+            try:
+                log, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                log = ""
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # its group may be gone already
+                    os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"evidence.py ran past its limit:\n{log[-3000:]}")
     assert proc.returncode == 0, log[-3000:]
     stages = {s["stage"]: s for s in json.loads((out / "progress.json").read_text())["stages"]}
     expected = ("checkpoints", "start", "conformance", "seed", "reload", "scheduling", "faults")
