@@ -33,7 +33,9 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
 
 
 @pytest.mark.process  # runs the tool as a subprocess
-@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile", "docker/Dockerfile.vllm"])
+@pytest.mark.parametrize(
+    "dockerfile", ["docker/Dockerfile", "docker/Dockerfile.vllm", "docker/Dockerfile.router"]
+)
 def test_dockerfiles_pass_hadolint(dockerfile: str) -> None:
     done = subprocess.run(
         [tool("hadolint"), str(ROOT / dockerfile)], capture_output=True, text=True, check=False
@@ -81,3 +83,35 @@ def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
     assert all(m.supervised for m in config.models)
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["strategy"]["type"] == "Recreate", "two pods must never share a GPU"
+
+
+@pytest.mark.process  # runs the tool as a subprocess
+def test_the_router_manifests_validate_and_find_the_proxies_by_their_ready() -> None:
+    manifests = ROOT / "deploy" / "kubernetes" / "router.yaml"
+    done = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", str(manifests)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(manifests.read_text())}
+    args = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--health-check-endpoint=/ready" in args, "/health is 200 before the bootstrap"
+    proxies = {
+        d["kind"]: d
+        for d in yaml.safe_load_all((manifests.parent / "vllm-switch.yaml").read_text())
+    }
+    label = proxies["Deployment"]["spec"]["template"]["metadata"]["labels"]["app"]
+    assert f"--selector=app={label}" in args, "the router finds the vllm-switch pods"
+    port = proxies["Service"]["spec"]["ports"][0]["port"]
+    assert f"--service-discovery-port={port}" in args
+    assert docs["RoleBinding"]["subjects"][0]["name"] == docs["ServiceAccount"]["metadata"]["name"]
+
+
+def test_the_two_gpu_example_loads_and_keeps_nvlink_multicast_off() -> None:
+    config = load_config(ROOT / "deploy" / "config.two-gpus.yaml")
+    assert {m.gpu for m in config.models} == {"gpu0", "gpu1"}
+    tp = [m for m in config.models if m.command and "--tensor-parallel-size" in m.command]
+    assert [m.env["CUDA_VISIBLE_DEVICES"] for m in tp] == ["0,1"]
+    assert all(m.env.get("NCCL_NVLS_ENABLE") == "0" for m in tp)
