@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -67,17 +68,21 @@ def test_compose_config_supervises_both_models_on_loopback() -> None:
         assert m.command[m.command.index("--host") + 1] == "127.0.0.1"
 
 
-@pytest.mark.process  # runs the tool as a subprocess
-def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
-    manifests = ROOT / "deploy" / "kubernetes" / "vllm-switch.yaml"
+def valid_manifests(path: Path) -> list[Any]:
+    """The documents of `path`, once `kubernetes-validate --strict` passed them (offline)."""
     done = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", str(manifests)],
+        [tool("kubernetes-validate"), "--strict", str(path)],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    docs = list(yaml.safe_load_all(manifests.read_text()))
+    return list(yaml.safe_load_all(path.read_text()))
+
+
+@pytest.mark.process  # runs the tool as a subprocess
+def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
+    docs = valid_manifests(ROOT / "deploy" / "kubernetes" / "vllm-switch.yaml")
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     config = parse_config(config_map["data"]["config.yaml"], source="configmap")
     assert all(m.supervised for m in config.models)
@@ -88,14 +93,7 @@ def test_kubernetes_manifests_validate_and_embed_a_valid_config() -> None:
 @pytest.mark.process  # runs the tool as a subprocess
 def test_the_router_manifests_validate_and_find_the_proxies_by_their_ready() -> None:
     manifests = ROOT / "deploy" / "kubernetes" / "router.yaml"
-    done = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", str(manifests)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    docs = {d["kind"]: d for d in yaml.safe_load_all(manifests.read_text())}
+    docs = {d["kind"]: d for d in valid_manifests(manifests)}
     args = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--health-check-endpoint=/ready" in args, "/health is 200 before the bootstrap"
     proxies = {
